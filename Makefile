@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Both run `make setup` first.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: setup demo test bench clean-data
+
+setup: $(STAMP)
+	@bash scripts/check_system.sh
+
+# Re-installs only when requirements.txt changes (the stamp is newer otherwise).
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade "pip<26"
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/bench_render.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_eval.py
+
+clean-data:
+	rm -rf data/pix3d_toy logs/demo
