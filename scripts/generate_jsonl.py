@@ -1,0 +1,301 @@
+"""Parse pix3d.json into usable_samples.jsonl: one line per 3D model, with captions, renders, photos and split.
+
+    python scripts/generate_jsonl.py --json_path data/pix3d/pix3d.json
+
+Reads the real Pix3D file and the toy one (scripts/make_toy_pix3d.py) identically. Each output line:
+    {"model_id": "chair/IKEA_POANG_1", "category": "chair", "split": "train", "name": "IKEA POANG",
+     "captions": [...], "views": ["renders/chair/IKEA_POANG_1/view_00.png", ...],
+     "photos": [{"img": ..., "mask": ..., "bbox": [...], "truncated": false, "occluded": false, ...}],
+     "attributes": {"color": "brown", "shape": "tall", "parts": {...}}}
+Paths are relative to the folder of the output file. Models whose renders are missing (or failed) are left
+out and counted. Splits are by model (never by photo: a model in two splits leaks), stratified by category.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from utils import read_jsonl, write_jsonl  # noqa: E402
+
+# Plain colour words and a representative sRGB value for each; nearest neighbour names a material colour.
+COLOR_WORDS = {
+    "white": (235, 235, 230), "black": (25, 25, 25), "gray": (128, 128, 128), "brown": (110, 70, 40),
+    "red": (190, 30, 30), "blue": (40, 70, 180), "green": (50, 140, 60), "yellow": (230, 200, 40),
+    "orange": (230, 120, 30), "pink": (235, 150, 180), "beige": (215, 195, 160), "purple": (120, 50, 150),
+}
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                "eleven", "twelve"]
+# The noun a caption uses for each Pix3D category ("misc" and "tool" are too vague to say as such).
+CATEGORY_NOUNS = {"misc": "object", "tool": "tool"}
+ENTRY_FIELDS = ("img", "category", "model")
+
+
+def color_word(rgb):
+    """Nearest plain colour word for an RGB triple (0-255)."""
+    return min(COLOR_WORDS, key=lambda w: sum((a - b) ** 2 for a, b in zip(COLOR_WORDS[w], rgb)))
+
+
+def model_id_of(model_path):
+    """'model/chair/IKEA_POANG_1/model.obj' -> 'chair/IKEA_POANG_1' (a folder can hold other .obj: keep the stem)."""
+    p = Path(model_path)
+    parts = p.parts[1:] if p.parts and p.parts[0] == "model" else p.parts
+    rel = Path(*parts)
+    return str(rel.parent) if rel.name == "model.obj" else str(rel.parent / rel.stem)
+
+
+def readable_name(model_id):
+    """'bed/IKEA_MALM_2' -> 'IKEA MALM'. Names that carry no meaning (toy or scan ids) give None."""
+    name = Path(model_id).name
+    if not name.startswith("IKEA_"):
+        return None
+    return re.sub(r"_\d+$", "", name).replace("_", " ")
+
+
+def measure_mesh(obj_path):
+    """Attributes measured from the mesh itself: dominant material colour (by face area) and proportions."""
+    import numpy as np
+    import trimesh
+
+    scene = trimesh.load(obj_path, force="scene", process=False)
+    area = Counter()
+    for geom in scene.dump():
+        if not hasattr(geom, "area_faces") or len(geom.faces) == 0:
+            continue
+        rgb = None
+        material = getattr(geom.visual, "material", None)
+        if material is not None:
+            main = getattr(material, "main_color", None)
+            if main is not None:
+                rgb = tuple(int(c) for c in np.asarray(main)[:3])
+        if rgb is None and getattr(geom.visual, "kind", None) == "face":
+            rgb = tuple(int(c) for c in np.asarray(geom.visual.face_colors)[:, :3].mean(0))
+        if rgb is not None:
+            area[color_word(rgb)] += float(geom.area_faces.sum())
+    extents = scene.extents if scene.extents is not None else None
+    out = {"color": area.most_common(1)[0][0] if area else None}
+    if extents is not None:
+        w, h, d = (float(x) for x in extents)  # Pix3D models are y-up
+        out["size"] = {"width": w, "height": h, "depth": d}
+    return out
+
+
+def shape_word(size):
+    """'tall' / 'wide' / 'low' from the bounding box, or None for ordinary proportions."""
+    if not size:
+        return None
+    w, h, d = size["width"], size["height"], size["depth"]
+    footprint = max(w, d, 1e-9)
+    if h > 1.6 * footprint:
+        return "tall"
+    if h < 0.45 * footprint:
+        return "low"
+    if w > 2.0 * max(h, d):
+        return "wide"
+    return None
+
+
+def parts_phrase(parts):
+    """{'shelves': 5, 'drawers': 2} -> 'five shelves and two drawers' (singular for one)."""
+    items = []
+    for part, n in sorted((parts or {}).items()):
+        if not isinstance(n, int) or n <= 0:
+            continue
+        word = NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
+        noun = part if n > 1 else singular(part)
+        items.append(f"{word} {noun}")
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def singular(noun):
+    for plural, single in (("shelves", "shelf"), ("ies", "y"), ("ches", "ch"), ("shes", "sh"), ("s", "")):
+        if noun.endswith(plural):
+            return noun[: -len(plural)] + single
+    return noun
+
+
+def build_captions(category, attributes, name=None):
+    """Several true captions per model from what is known: category, name, colour, proportions, parts."""
+    noun = attributes.get("style") or CATEGORY_NOUNS.get(category, category)
+    if attributes.get("style") and category not in noun and category not in ("misc", "tool"):
+        noun = f"{attributes['style']} {category}"
+    color, shape = attributes.get("color"), attributes.get("shape")
+    parts = parts_phrase(attributes.get("parts"))
+    adj = " ".join(w for w in (shape, color) if w)
+    art = lambda phrase: ("an " if phrase[0] in "aeiou" else "a ") + phrase  # noqa: E731
+    caps = [art(f"{adj} {noun}".strip())]
+    if color:
+        caps.append(f"a 3D model of {art(f'{color} {noun}')}")
+    if parts:
+        caps.append(f"{art(f'{adj} {noun}'.strip())} with {parts}")
+        caps.append(f"{art(noun)} with {parts}")
+    if shape and color:
+        caps.append(f"{art(f'{color} {noun}')} that is {shape}")
+    if name:
+        caps.append(f"the {name} {noun}" + (f" in {color}" if color else ""))
+    if len(caps) == 1:
+        caps.append(f"a 3D model of {art(noun)}")
+    return list(dict.fromkeys(caps))  # unique, order kept
+
+
+def load_pix3d_json(json_path):
+    """The list of entries; a malformed file raises one clear error naming the file and position."""
+    try:
+        with open(json_path) as f:
+            entries = json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"error: {json_path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {json_path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if not isinstance(entries, list):
+        raise SystemExit(f"error: {json_path}: expected a JSON list of entries, got {type(entries).__name__}")
+    return entries
+
+
+def entry_problem(entry):
+    """None when the entry is usable, else a short reason."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    for key in ENTRY_FIELDS:
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            return f"missing or empty '{key}'"
+    bbox = entry.get("bbox")
+    if bbox is not None and (not isinstance(bbox, list) or len(bbox) != 4):
+        return "bbox is not [x1, y1, x2, y2]"
+    return None
+
+
+def find_views(renders_dir, model_path, model_id):
+    """The rendered views of a model, or None when they are missing or incomplete."""
+    rel = Path(model_path)
+    rel = Path(*rel.parts[1:]) if rel.parts and rel.parts[0] == "model" else rel
+    for folder in (renders_dir / rel.parent, renders_dir / rel.parent / rel.stem, renders_dir / model_id):
+        meta = folder / "views.json"
+        if meta.exists():
+            views = json.loads(meta.read_text())
+            files = [folder / v["file"] if isinstance(v, dict) and "file" in v else None for v in views]
+            if any(f is None for f in files):
+                files = sorted(folder.glob("view_*.png"))
+            if files and len(files) == len(views) and all(f.exists() for f in files):
+                return files
+            return None
+    return None
+
+
+def split_models(models_by_category, fractions, seed):
+    """model_id -> split, stratified by category, deterministic from seed; >= 1 test model per category
+    with at least 3 models."""
+    rng = random.Random(seed)
+    split = {}
+    for category in sorted(models_by_category):
+        ids = sorted(models_by_category[category])
+        rng.shuffle(ids)
+        n = len(ids)
+        n_test = max(1, round(n * fractions[2])) if n >= 3 else 0
+        n_val = max(1, round(n * fractions[1])) if n >= 3 else 0
+        for i, mid in enumerate(ids):
+            split[mid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return split
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json_path", default="data/pix3d/pix3d.json")
+    ap.add_argument("--renders_dir", default=None, help="default: <json dir>/renders")
+    ap.add_argument("--output", default=None, help="default: <json dir>/usable_samples.jsonl")
+    ap.add_argument("--captions_json", default=None, help="human captions: {model_id: [caption, ...]}, merged first")
+    ap.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions by model")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    json_path = Path(args.json_path)
+    root = json_path.parent
+    renders_dir = Path(args.renders_dir) if args.renders_dir else root / "renders"
+    output = Path(args.output) if args.output else root / "usable_samples.jsonl"
+    fractions = [float(x) for x in args.split.split(",")]
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
+        raise SystemExit(f"error: --split {args.split}: expected three fractions summing to 1")
+    human = {}
+    if args.captions_json:
+        human = json.loads(Path(args.captions_json).read_text())
+
+    entries = load_pix3d_json(json_path)
+    skipped = Counter()
+    photos = defaultdict(list)
+    model_info = {}
+    for i, entry in enumerate(entries):
+        problem = entry_problem(entry)
+        if problem:
+            skipped[problem] += 1
+            if sum(skipped.values()) <= 5:
+                print(f"warning: {json_path}: entry {i}: {problem}; skipped", file=sys.stderr)
+            continue
+        mid = model_id_of(entry["model"])
+        model_info.setdefault(mid, (entry["category"], entry["model"]))
+        photos[mid].append({
+            "img": entry["img"], "mask": entry.get("mask"), "bbox": entry.get("bbox"),
+            "truncated": bool(entry.get("truncated", False)), "occluded": bool(entry.get("occluded", False)),
+            "slightly_occluded": bool(entry.get("slightly_occluded", False)),
+        })
+
+    failed = set()
+    failures_file = renders_dir / "failures.jsonl"
+    if failures_file.exists():
+        failed = {model_id_of("model/" + r["model"]) for r in read_jsonl(failures_file)}
+
+    rows, left_out = [], Counter()
+    out_dir = output.parent.resolve()
+    rel = lambda p: os.path.relpath(Path(p).resolve(), out_dir)  # noqa: E731
+    for mid, (category, model_path) in sorted(model_info.items()):
+        views = None if mid in failed else find_views(renders_dir, model_path, mid)
+        if views is None:
+            left_out["renders failed" if mid in failed else "renders missing"] += 1
+            continue
+        obj = root / model_path
+        attributes = {}
+        attr_file = obj.parent / "attributes.json"  # written by the toy generator; real Pix3D has none
+        if attr_file.exists():
+            attributes = json.loads(attr_file.read_text())
+        try:
+            measured = measure_mesh(obj)
+        except Exception as e:  # a broken mesh still has its renders missing; don't stop the whole run
+            print(f"warning: {obj}: could not measure mesh attributes ({e})", file=sys.stderr)
+            measured = {}
+        attributes.setdefault("color", measured.get("color"))
+        attributes.setdefault("size", measured.get("size"))
+        attributes["shape"] = shape_word(attributes.get("size"))
+        name = readable_name(mid)
+        captions = list(human.get(mid, [])) + build_captions(category, attributes, name)
+        rows.append({
+            "model_id": mid, "category": category, "split": None, "name": name,
+            "captions": list(dict.fromkeys(captions)),
+            "views": [rel(v) for v in views],
+            "photos": [dict(p, img=rel(root / p["img"]), mask=rel(root / p["mask"]) if p["mask"] else None)
+                       for p in photos[mid]],
+            "attributes": {k: attributes.get(k) for k in ("color", "shape", "style", "parts") if attributes.get(k)},
+        })
+
+    by_category = defaultdict(list)
+    for row in rows:
+        by_category[row["category"]].append(row["model_id"])
+    split = split_models(by_category, fractions, args.seed)
+    for row in rows:
+        row["split"] = split[row["model_id"]]
+    write_jsonl(output, rows)
+
+    counts = Counter(r["split"] for r in rows)
+    print(f"wrote {len(rows)} models to {output} (train {counts['train']}, val {counts['val']}, "
+          f"test {counts['test']}); entries skipped {sum(skipped.values())}"
+          + (f" ({dict(skipped)})" if skipped else "")
+          + f"; models left out {sum(left_out.values())}" + (f" ({dict(left_out)})" if left_out else ""))
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
