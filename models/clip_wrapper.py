@@ -9,10 +9,12 @@ The wrapper splits each tower into a frozen-able backbone and its projection, so
 the backbone's (pre-projection) features once and train only the projections and the temperature.
 """
 import contextlib
+import warnings
 
-import clip
-import torch
-from torch import nn
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+import clip  # noqa: E402  (openai-clip 1.0.1 imports pkg_resources; the warning is noise for users)
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 TINY = "tiny"
 TINY_LABEL = "tiny (random init, trained from scratch)"
