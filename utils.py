@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 # ----------------------------------------------------------------------------- reproducibility / device
@@ -49,6 +51,7 @@ def atomic_write(path, data):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
