@@ -4,7 +4,7 @@ downloading the real one (3.6 GB).
     PYOPENGL_PLATFORM=egl .venv/bin/python scripts/make_toy_pix3d.py --out data/pix3d_toy --seed 0
         [--models_per_category 35] [--photos_per_model 2] [--photo_size 256] [--categories chair,table]
 
-Defaults: 306 models and 612 photos of 256 px, about 40 s of CPU on 2 cores. A previous toy dataset in
+Defaults: 315 models and 630 photos of 256 px, about 40 s of CPU on 2 cores. A previous toy dataset in
 --out is replaced; a folder holding anything else (e.g. the real Pix3D) is refused.
 
 Writes, for all 9 Pix3D categories:
