@@ -1,0 +1,260 @@
+"""eval_recall metrics against a brute-force reference (python loops over the full similarity matrix) and sklearn.
+
+Run: .venv/bin/python -m pytest -q tests/test_recall.py
+"""
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+import eval_recall
+from eval_recall import aggregate_views, compute_recall_at_k, evaluate_retrieval, retrieval_metrics
+
+KS = (1, 2, 5, 10)
+
+
+# ----------------------------------------------------------------------------- brute-force reference
+def reference(query, gallery, query_ids, gallery_ids, ks=KS):
+    """Plain loops: float64 cosine matrix, full sort of every row, matches first among equal scores."""
+    q = np.asarray(query, dtype=np.float64)
+    g = np.asarray(gallery, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    sim = q @ g.T
+    first_ranks, aps, n_no_match = [], [], 0
+    for i in range(len(q)):
+        is_match = [query_ids[i] == gallery_ids[j] for j in range(len(g))]
+        if not any(is_match):
+            n_no_match += 1
+            continue
+        order = sorted(range(len(g)), key=lambda j: (-sim[i, j], not is_match[j], j))
+        hits, precisions = 0, []
+        for position, j in enumerate(order, start=1):
+            if is_match[j]:
+                hits += 1
+                precisions.append(hits / position)
+        first_ranks.append(1 + next(p for p, j in enumerate(order) if is_match[j]))
+        aps.append(sum(precisions) / len(precisions))
+        # sklearn on the same strict order (scores = -position) must give the same average precision
+        y = np.array([is_match[j] for j in order])
+        assert math.isclose(average_precision_score(y, -np.arange(len(order))), aps[-1], rel_tol=1e-12)
+        if len(set(sim[i].tolist())) == len(g):  # no ties at all: sklearn straight on the raw scores
+            assert math.isclose(average_precision_score(is_match, sim[i]), aps[-1], rel_tol=1e-9)
+    out = {f"R@{k}": sum(r <= k for r in first_ranks) / len(first_ranks) for k in ks}
+    out["mean_rank"] = statistics.mean(first_ranks)
+    out["median_rank"] = statistics.median(first_ranks)
+    out["mAP"] = statistics.mean(aps)
+    out["n_no_match"] = n_no_match
+    out["ranks"] = first_ranks
+    return out
+
+
+def assert_same(got, want):
+    assert got["ranks"].tolist() == want["ranks"]
+    assert got["n_no_match"] == want["n_no_match"]
+    for key in [f"R@{k}" for k in KS] + ["mean_rank", "median_rank", "mAP"]:
+        assert isinstance(got[key], float), key
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+
+
+def check_both_ways(img, txt, img_ids, txt_ids, chunk_size):
+    for q, g, qi, gi in ((img, txt, img_ids, txt_ids), (txt, img, txt_ids, img_ids)):
+        assert_same(retrieval_metrics(q, g, qi, gi, ks=KS, chunk_size=chunk_size), reference(q, g, qi, gi))
+
+
+@pytest.fixture(params=["compare", "sort"])
+def path(request, monkeypatch):
+    """Run each test through both ranking paths: one pass per match, and the sort of whole rows."""
+    monkeypatch.setattr(eval_recall, "_SORT_ABOVE_N_POS", 10**9 if request.param == "compare" else 0)
+    return request.param
+
+
+def gaussian(n, dim=64, seed=0):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- against the reference
+def test_duplicate_captions(path):
+    # 30 models, one image each; 3 captions per model, the first two identical (same features, same id),
+    # shuffled. The duplicates tie in the text gallery; images sit near their captions so ranks spread out.
+    g = torch.Generator().manual_seed(1)
+    n_models = 30
+    txt = torch.randn(3 * n_models, 64, generator=g)
+    txt[1::3] = txt[0::3]
+    txt_ids = [m for m in range(n_models) for _ in range(3)]
+    img = txt[0::3] + 1.5 * torch.randn(n_models, 64, generator=g)
+    perm = torch.randperm(len(txt), generator=g)
+    txt, txt_ids = txt[perm], [txt_ids[i] for i in perm.tolist()]
+    check_both_ways(img, txt, list(range(n_models)), txt_ids, chunk_size=7)
+
+
+def test_several_views_and_captions(path):
+    # 25 models x 4 views, 25 models x 1..3 captions; image features near their model's text so recall is not ~0
+    g = torch.Generator().manual_seed(5)
+    centres = torch.randn(25, 64, generator=g)
+    img_ids = [m for m in range(25) for _ in range(4)]
+    n_caps = torch.randint(1, 4, (25,), generator=g).tolist()
+    txt_ids = [m for m in range(25) for _ in range(n_caps[m])]
+    img = centres[img_ids] + 1.5 * torch.randn(len(img_ids), 64, generator=g)
+    txt = centres[txt_ids] + 1.5 * torch.randn(len(txt_ids), 64, generator=g)
+    check_both_ways(img, txt, img_ids, txt_ids, chunk_size=9)
+    # the recall helper is the same numbers, both directions
+    got = compute_recall_at_k(img, txt, image_ids=torch.tensor(img_ids), text_ids=np.array(txt_ids), ks=KS)
+    i2t, t2i = reference(img, txt, img_ids, txt_ids), reference(txt, img, txt_ids, img_ids)
+    assert set(got) == {f"{d}_R@{k}" for d in ("image2text", "text2image") for k in KS}
+    for k in KS:
+        assert got[f"image2text_R@{k}"] == pytest.approx(i2t[f"R@{k}"])
+        assert got[f"text2image_R@{k}"] == pytest.approx(t2i[f"R@{k}"])
+    assert 0 < i2t["R@1"] < 1  # the data is neither trivial nor hopeless
+
+
+def test_no_ids_means_same_index(path):
+    img, txt = gaussian(50, seed=6), gaussian(50, seed=7)
+    txt = img + 2.0 * txt  # related pairs, not perfect
+    got = compute_recall_at_k(img, txt, ks=KS)
+    ids = list(range(50))
+    for k in KS:
+        assert got[f"image2text_R@{k}"] == pytest.approx(reference(img, txt, ids, ids)[f"R@{k}"])
+        assert got[f"text2image_R@{k}"] == pytest.approx(reference(txt, img, ids, ids)[f"R@{k}"])
+    assert set(got.values()) != {1.0}
+    with pytest.raises(ValueError, match="image i matches text i"):
+        compute_recall_at_k(img, txt[:40])
+    with pytest.raises(ValueError, match="both"):
+        compute_recall_at_k(img, txt, image_ids=ids)
+
+
+def test_string_ids_and_queries_without_match(path):
+    names = [f"{c}/IKEA_{n}_{v}" for c in ("chair", "sofa", "table") for n in ("POANG", "EKTORP") for v in (1, 2)]
+    g = torch.Generator().manual_seed(8)
+    img_ids = [names[i] for i in torch.randint(0, len(names), (40,), generator=g).tolist()]
+    txt_ids = [n for n in names[:-2] for _ in range(2)]  # the last two models have no caption
+    img, txt = torch.randn(40, 32, generator=g), torch.randn(len(txt_ids), 32, generator=g)
+    want = reference(img, txt, img_ids, txt_ids)
+    assert want["n_no_match"] > 0
+    got = retrieval_metrics(img, txt, img_ids, txt_ids, ks=KS, chunk_size=6)
+    assert_same(got, want)
+    assert got["matched"].tolist() == [i in txt_ids for i in img_ids]
+    check_both_ways(img, txt, img_ids, txt_ids, chunk_size=5)
+
+
+def test_exact_ties_everywhere(path):
+    # entries +-0.5 on 4 of 16 dims: unit vectors, and every cosine is an exact multiple of 1/4 in float32,
+    # so ties between matches and non-matches are real (and not float noise); the reference breaks them the same way
+    g = torch.Generator().manual_seed(9)
+
+    def sparse_signs(n):
+        x = torch.zeros(n, 16)
+        for row in x:
+            row[torch.randperm(16, generator=g)[:4]] = torch.randint(0, 2, (4,), generator=g).float() * 2 - 1
+        return x * 0.5
+
+    img, txt = sparse_signs(30), sparse_signs(60)
+    img_ids = torch.randint(0, 12, (30,), generator=g).tolist()
+    txt_ids = torch.randint(0, 12, (60,), generator=g).tolist()
+    check_both_ways(img, txt, img_ids, txt_ids, chunk_size=4)
+
+
+def test_category_level_many_matches(path):
+    # thousands of matches per query is the sort path's job by default; both paths must agree with the reference
+    g = torch.Generator().manual_seed(10)
+    img, txt = torch.randn(60, 16, generator=g), torch.randn(200, 16, generator=g)
+    cats = ["bed", "chair", "sofa"]
+    img_c = [cats[i] for i in torch.randint(0, 3, (60,), generator=g).tolist()]
+    txt_c = [cats[i] for i in torch.randint(0, 3, (200,), generator=g).tolist()]
+    check_both_ways(img, txt, img_c, txt_c, chunk_size=16)
+
+
+def test_chunk_size_and_scale_do_not_change_results(path):
+    img, txt = gaussian(70, seed=11), gaussian(70, seed=12) + gaussian(70, seed=11)
+    ids = torch.arange(70) // 2
+    base = retrieval_metrics(img, txt, ids, ids, ks=KS)
+    scale = torch.rand(70, 1, generator=torch.Generator().manual_seed(13)) * 100 + 0.01
+    for chunk_size, q in ((1, img), (13, img * scale), (4096, img.double() * 7)):
+        got = retrieval_metrics(q, txt, ids, ids, ks=KS, chunk_size=chunk_size)
+        assert got["ranks"].tolist() == base["ranks"].tolist()
+        for key in [f"R@{k}" for k in KS] + ["mean_rank", "median_rank", "mAP"]:
+            assert got[key] == pytest.approx(base[key], rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- the seed's formula
+def seed_recall(image_features, text_features, k):
+    """The seed's loop: text i is the only right answer for image i."""
+    sim = image_features @ text_features.T
+    n = len(sim)
+    return sum(i in sim[i].topk(k).indices for i in range(n)) / n
+
+
+def test_seed_formula_undercounts_several_captions():
+    # one model A with two captions, one model B with one; the pairs are (view A, caption A1), (view A, caption A2),
+    # (view B, caption B). View A is closest to caption A2, so the seed's "text 0 for image 0" misses at k=1.
+    view_a, view_b = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
+    cap_a1, cap_a2, cap_b = [0.6, 0.0, 0.8], [0.8, 0.0, 0.6], [0.0, 1.0, 0.0]
+    images = torch.tensor([view_a, view_a, view_b])
+    texts = torch.tensor([cap_a1, cap_a2, cap_b])
+    seed = seed_recall(images, texts, k=1)
+    assert seed == pytest.approx(2 / 3)  # image 0 "misses": caption A2 beat caption A1
+    right = compute_recall_at_k(images, texts, image_ids=["A", "A", "B"], text_ids=["A", "A", "B"], ks=(1,))
+    assert right["image2text_R@1"] == 1.0 and right["text2image_R@1"] == 1.0
+    assert seed < right["image2text_R@1"]
+
+
+# ----------------------------------------------------------------------------- aggregate_views / evaluate_retrieval
+def test_aggregate_views_against_manual():
+    feats = gaussian(7, dim=8, seed=14) * torch.arange(1, 8).float()[:, None]  # unequal norms
+    ids = ["b", "a", "b", "c", "a", "b", "c"]
+    unit = [f / f.norm() for f in feats]
+    for how in ("mean", "max"):
+        agg, unique = aggregate_views(feats, ids, how=how)
+        assert unique == ["b", "a", "c"]
+        for row, model in zip(agg, unique):
+            views = torch.stack([u for u, i in zip(unit, ids) if i == model])
+            manual = views.mean(0) if how == "mean" else views.max(0).values
+            torch.testing.assert_close(row, manual / manual.norm())
+    with pytest.raises(ValueError, match="mean, max"):
+        aggregate_views(feats, ids, how="median")
+    with pytest.raises(ValueError, match="6 ids for 7"):
+        aggregate_views(feats, ids[:6])
+
+
+def test_evaluate_retrieval_keys_and_values():
+    g = torch.Generator().manual_seed(15)
+    img_ids = [m for m in range(12) for _ in range(3)]  # 12 models x 3 views
+    txt_ids = [m for m in range(12) for _ in range(2)]  # 2 captions each
+    cat_of = {m: ("chair", "sofa", "bed")[m % 3] for m in range(12)}
+    img, txt = torch.randn(36, 16, generator=g), torch.randn(24, 16, generator=g)
+    img_c, txt_c = [cat_of[m] for m in img_ids], [cat_of[m] for m in txt_ids]
+
+    out = evaluate_retrieval(img, img_ids, txt, txt_ids, img_c, txt_c, ks=(1, 5), views="mean")
+    shape, models = aggregate_views(img, img_ids, "mean")
+    assert models == list(range(12))
+    for prefix, i_ids, t_ids in (("", models, txt_ids), ("category/", [cat_of[m] for m in models], txt_c)):
+        for d, q, gal, qi, gi in (("image2text", shape, txt, i_ids, t_ids), ("text2image", txt, shape, t_ids, i_ids)):
+            want = reference(q, gal, qi, gi, ks=(1, 5))
+            for key in ("R@1", "R@5", "mAP", "mean_rank", "median_rank", "n_no_match"):
+                assert out[f"{prefix}{d}_{key}"] == pytest.approx(want[key]), f"{prefix}{d}_{key}"
+    assert all(not torch.is_tensor(v) for v in out.values())
+
+    per_view = evaluate_retrieval(img, img_ids, txt, txt_ids, ks=(1,), views="per_view")
+    assert per_view["image2text_R@1"] == pytest.approx(reference(img, txt, img_ids, txt_ids, ks=(1,))["R@1"])
+    assert not any(k.startswith("category/") for k in per_view)
+    with pytest.raises(ValueError, match="per_view"):
+        evaluate_retrieval(img, img_ids, txt, txt_ids, views="sum")
+    bad = list(img_c)
+    bad[1] = "bed" if bad[0] != "bed" else "sofa"
+    with pytest.raises(ValueError, match="two categories"):
+        evaluate_retrieval(img, img_ids, txt, txt_ids, bad, txt_c)
+
+
+def test_no_match_at_all_and_bad_input():
+    q, g = gaussian(5, seed=16), gaussian(4, seed=17)
+    out = retrieval_metrics(q, g, ["x"] * 5, ["y"] * 4)
+    assert out["n_no_match"] == 5 and len(out["ranks"]) == 0 and math.isnan(out["R@1"]) and math.isnan(out["mAP"])
+    with pytest.raises(ValueError, match="gallery_ids: 3 ids for 4"):
+        retrieval_metrics(q, g, list(range(5)), [0, 1, 2])
+    with pytest.raises(ValueError, match="dim"):
+        retrieval_metrics(q, gaussian(4, dim=8), list(range(5)), list(range(4)))
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(q * float("nan"), g, list(range(5)), list(range(4)))
