@@ -296,5 +296,162 @@ def evaluate_retrieval(
 
 
 # ============================================================================ --- CLI ---
+CURVE_KS = tuple(range(1, 51))
+
+
+def encode_split(wrapper, preprocess, jsonl, split, device, batch_size=64, num_workers=2):
+    """Every view and caption of a split, encoded: (features dict, eval-mode dataset)."""
+    from models.clip_wrapper import encode_dataset
+    from multiview_dataset import MultiViewDataset
+
+    ds = MultiViewDataset(jsonl, split, preprocess, mode="eval")
+    return encode_dataset(wrapper, ds, device, batch_size=batch_size, num_workers=num_workers), ds
+
+
+def shape_level(feats, ds, views="mean"):
+    """(shape embeddings, their model indices): views pooled per model, or every view with views='per_view'."""
+    if views == "per_view":
+        return F.normalize(feats["image"], dim=-1), feats["image_model"].tolist()
+    return aggregate_views(feats["image"], feats["image_model"], how=views)
+
+
+def run_eval(wrapper, preprocess, jsonl, split, out_dir, label, views="mean", device="cpu", feats=None,
+             n_gallery=4, num_workers=2, tb_prefix=None):
+    """Evaluate one model on one split; writes results.json, recall_curve.png and retrieval_gallery.png to out_dir."""
+    from pathlib import Path
+
+    from utils import write_json
+
+    if feats is None:
+        feats, ds = encode_split(wrapper, preprocess, jsonl, split, device, num_workers=num_workers)
+    else:
+        feats, ds = feats
+    cats = [ds.categories[m] for m in feats["image_model"].tolist()]
+    text_cats = [ds.categories[m] for m in feats["text_model"].tolist()]
+    metrics = evaluate_retrieval(feats["image"], feats["image_model"], feats["text"], feats["text_model"],
+                                 image_categories=cats, text_categories=text_cats, views=views)
+    shapes, shape_models = shape_level(feats, ds, views)
+    curves = {name: retrieval_metrics(q, g, qi, gi, ks=CURVE_KS) for name, (q, g, qi, gi) in {
+        "image2text": (shapes, feats["text"], shape_models, feats["text_model"]),
+        "text2image": (feats["text"], shapes, feats["text_model"], shape_models)}.items()}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"model": label, "split": split, "views": views, "data_jsonl": str(jsonl),
+              "n_models": len(ds.model_ids), "n_views": len(feats["image"]), "n_captions": len(feats["text"]),
+              "metrics": metrics,
+              "recall_curve": {name: [c[f"R@{k}"] for k in CURVE_KS] for name, c in curves.items()}}
+    write_json(out_dir / "results.json", result)
+    plot_recall_curves(result["recall_curve"], out_dir / "recall_curve.png", f"{label}, {split} split")
+    plot_gallery(shapes, shape_models, feats, ds, out_dir / "retrieval_gallery.png", n_gallery)
+    if tb_prefix:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(out_dir)) as w:
+            for k, v in metrics.items():
+                w.add_scalar(f"{tb_prefix}/{k}", v, 0)
+    return result
+
+
+def plot_recall_curves(curves, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, ys in curves.items():
+        ax.plot(CURVE_KS[: len(ys)], ys, label=name.replace("2", " -> "))
+    ax.set(xlabel="K", ylabel="Recall@K", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_gallery(shapes, shape_models, feats, ds, path, n_queries=4, top=5):
+    """A few text queries (one caption of evenly spaced models), each with its top-5 shapes; hits framed green."""
+    from PIL import Image, ImageDraw
+
+    from multiview_dataset import load_image
+
+    thumb, pad, text_h = 112, 6, 22
+    picks = sorted({int(i) for i in torch.linspace(0, len(ds.model_ids) - 1, n_queries)})
+    sheet = Image.new("RGB", (pad + (top + 1) * (thumb + pad), len(picks) * (thumb + text_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    g = F.normalize(shapes, dim=-1)
+    for row, m in enumerate(picks):
+        t = next(i for i, (_, mi) in enumerate(ds.texts) if mi == m)
+        caption = ds.texts[t][0]
+        scores = g @ F.normalize(feats["text"][t], dim=-1)
+        y = pad + row * (thumb + text_h + pad)
+        draw.text((pad, y), f"\"{caption}\"", fill="black")
+        for col, idx in enumerate(scores.topk(min(top, len(scores))).indices.tolist()):
+            model = shape_models[idx]
+            views = ds.views[model]
+            im = load_image(views[len(views) // 2]).resize((thumb - 6, thumb - 6))
+            x = pad + (col + 1) * (thumb + pad)
+            color = (30, 170, 60) if model == m else (200, 200, 200)
+            draw.rectangle([x, y + text_h, x + thumb - 1, y + text_h + thumb - 1], outline=color, width=3)
+            sheet.paste(im, (x + 3, y + text_h + 3))
+        truth = load_image(ds.views[m][len(ds.views[m]) // 2]).resize((thumb - 6, thumb - 6))
+        sheet.paste(truth, (pad + 3, y + text_h + 3))
+        draw.text((pad, y + text_h + thumb - 14), "target", fill="blue")
+    sheet.save(path)
+
+
+def main(argv=None):
+    import argparse
+    from pathlib import Path
+
+    from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label
+    from utils import get_device
+
+    ap = argparse.ArgumentParser(description="Recall@K of text <-> shape retrieval on a split.")
+    ap.add_argument("--checkpoint", help="weights/<run>/best.pt from train.py")
+    ap.add_argument("--clip_model", help="zero-shot without a checkpoint: a CLIP name, or 'tiny'")
+    ap.add_argument("--clip_weights", default=None, help="local OpenAI checkpoint file for --clip_model")
+    ap.add_argument("--data_jsonl", default=None, help="default: the checkpoint's, else data/pix3d_toy/usable_samples.jsonl")
+    ap.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    ap.add_argument("--views", default="mean", choices=VIEW_MODES, help="how a shape's views are pooled")
+    ap.add_argument("--out_dir", default=None, help="default: the checkpoint's run directory under logs/")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--num_workers", type=int, default=2)
+    args = ap.parse_args(argv)
+    if bool(args.checkpoint) == bool(args.clip_model):
+        ap.error("give --checkpoint PATH, or --clip_model NAME for zero-shot")
+    device = get_device(args.device)
+    if args.checkpoint:
+        wrapper, preprocess, ckpt = load_checkpoint(args.checkpoint, device)
+        cfg = ckpt["config"]
+        label = f"{model_label(cfg['clip_model'])}, {cfg['train_mode']} ({Path(args.checkpoint).name})"
+        jsonl = args.data_jsonl or cfg["data_jsonl"]
+        out_dir = args.out_dir or Path(cfg["logs_dir"]) / cfg["run_name"] / f"eval_{args.split}"
+    else:
+        model, preprocess = load_clip(args.clip_model, device, weights=args.clip_weights)
+        wrapper = CLIPWrapper(model, "zero_shot").eval()
+        label = f"{model_label(args.clip_model)}, zero-shot"
+        jsonl = args.data_jsonl or "data/pix3d_toy/usable_samples.jsonl"
+        out_dir = args.out_dir or Path("logs") / f"zero_shot-{args.clip_model.replace('/', '-')}" / f"eval_{args.split}"
+    result = run_eval(wrapper, preprocess, jsonl, args.split, out_dir, label, views=args.views, device=device,
+                      num_workers=args.num_workers, tb_prefix=args.split)
+    print(format_table(result))
+    print(f"wrote {Path(out_dir) / 'results.json'}, recall_curve.png, retrieval_gallery.png")
+    return 0
+
+
+def format_table(result):
+    m = result["metrics"]
+    lines = [f"{result['model']} on {result['split']} ({result['n_models']} models, {result['n_views']} views, "
+             f"{result['n_captions']} captions; views pooled by {result['views']})",
+             f"{'':<26}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'mAP':>7}{'medR':>7}"]
+    for prefix, level in (("", "same model"), ("category/", "same category")):
+        for d in ("text2image", "image2text"):
+            k = f"{prefix}{d}"
+            lines.append(f"{d + ' (' + level + ')':<26}{m[k + '_R@1']:7.3f}{m[k + '_R@5']:7.3f}"
+                         f"{m[k + '_R@10']:7.3f}{m[k + '_mAP']:7.3f}{m[k + '_median_rank']:7.1f}")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    raise SystemExit("eval_recall.py: the command line is not written yet; import the functions above")
+    raise SystemExit(main())
