@@ -3,7 +3,8 @@
     from evaluate_caption import evaluate_caption, clip_score
     evaluate_caption([["a brown wooden chair", "a chair"]], ["A wooden chair."])   # -> {'BLEU-1': ..., 'CIDEr': ...}
 
-The command line is below `# --- CLI ---` (written separately).
+Command line (scores retrieval captioning and two baselines, with their CLIP score, on a split):
+    python evaluate_caption.py --checkpoint weights/<run>/best.pt --split test [--no_meteor]
 
 The numbers are the standard COCO-caption ones: captions go through pycocoevalcap's PTBTokenizer
 (Stanford CoreNLP 3.4.1 jar, lower-cased, punctuation tokens dropped), then Bleu(4), Meteor (METEOR 1.5 jar
@@ -258,10 +259,111 @@ def clip_score(image_features, text_features):
 
 
 # --- CLI ---
-# Written by the lead: read gold/pred files, call evaluate_caption (meteor=not --no_meteor), write JSON.
-def main():
-    raise NotImplementedError("the evaluate_caption.py command line is not written yet")
+GENERIC_CAPTION = "a 3D model of an object"
+
+
+def retrieval_captions(wrapper, shapes, train_captions, device, batch_size=256):
+    """For each shape embedding, the best-matching caption among the TRAINING split's captions (never the
+    evaluated split's: that would copy the answer)."""
+    import torch
+
+    from models.clip_wrapper import tokenize
+
+    with torch.no_grad():
+        bank = torch.cat([wrapper.encode_text(tokenize(train_captions[i:i + batch_size]).to(device)).float().cpu()
+                          for i in range(0, len(train_captions), batch_size)])
+    bank = torch.nn.functional.normalize(bank, dim=-1)
+    best = (torch.nn.functional.normalize(shapes, dim=-1) @ bank.T).argmax(1)
+    return [train_captions[i] for i in best.tolist()]
+
+
+def caption_report(wrapper, preprocess, jsonl, split, device, meteor=True, feats=None, captioners=None,
+                   num_workers=2):
+    """Scores of retrieval captioning, any extra captioners and the two baselines on a split:
+    {"captioners": {name: {metric: value, ..., "CLIPScore": ...}}, "examples": [...]}.
+    `captioners` maps extra names to functions (shape embeddings, model ids) -> captions."""
+    import torch
+
+    from eval_recall import encode_split, shape_level
+    from models.clip_wrapper import tokenize
+    from multiview_dataset import MultiViewDataset
+    from scripts.generate_jsonl import CATEGORY_NOUNS
+
+    if feats is None:
+        feats, ds = encode_split(wrapper, preprocess, jsonl, split, device, num_workers=num_workers)
+    else:
+        feats, ds = feats
+    shapes, models = shape_level(feats, ds, "mean")
+    train_caps = sorted({c for caps in MultiViewDataset(jsonl, "train", preprocess, mode="eval").captions for c in caps})
+    gold = [ds.captions[m] for m in models]
+    preds = {"retrieval": retrieval_captions(wrapper, shapes, train_caps, device)}
+    for name, fn in (captioners or {}).items():
+        preds[name] = fn(shapes, [ds.model_ids[m] for m in models])
+    preds["generic"] = [GENERIC_CAPTION] * len(models)
+    preds["category"] = ["a " + CATEGORY_NOUNS.get(ds.categories[m], ds.categories[m]) for m in models]
+    report = {}
+    for name, captions in preds.items():
+        scores = evaluate_caption(gold, captions, meteor=meteor)
+        with torch.no_grad():
+            text = wrapper.encode_text(tokenize(captions).to(device)).float().cpu()
+        scores["CLIPScore"] = clip_score(shapes, text)
+        report[name] = scores
+    examples = [{"model_id": ds.model_ids[m], "references": gold[i], **{n: p[i] for n, p in preds.items()}}
+                for i, m in enumerate(models[:8])]
+    return {"split": split, "n_models": len(models), "captioners": report, "examples": examples}
+
+
+def format_report(report, label):
+    keys = [k for k in METRIC_KEYS + ["CLIPScore"] if k in next(iter(report["captioners"].values()))]
+    lines = [f"captions for {report['n_models']} {report['split']} models, {label}",
+             f"{'captioner':<12}" + "".join(f"{k:>10}" for k in keys)]
+    for name, scores in report["captioners"].items():
+        lines.append(f"{name:<12}" + "".join(f"{scores[k]:10.3f}" for k in keys))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    import argparse
+    from pathlib import Path
+
+    from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label
+    from utils import get_device, write_json
+
+    ap = argparse.ArgumentParser(description="Caption quality (BLEU, METEOR, ROUGE-L, CIDEr, CLIPScore) on a split.")
+    ap.add_argument("--checkpoint", help="weights/<run>/best.pt from train.py")
+    ap.add_argument("--clip_model", help="without a checkpoint: a CLIP name, or 'tiny'")
+    ap.add_argument("--clip_weights", default=None)
+    ap.add_argument("--data_jsonl", default=None, help="default: the checkpoint's")
+    ap.add_argument("--split", default="test", choices=("val", "test"))
+    ap.add_argument("--captioner", default="retrieval", choices=("retrieval",),
+                    help="retrieval: the best-matching training caption")
+    ap.add_argument("--no_meteor", action="store_true", help="skip METEOR (it needs Java)")
+    ap.add_argument("--output", default=None, help="default: captions_<split>.json next to the checkpoint")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    if bool(args.checkpoint) == bool(args.clip_model):
+        ap.error("give --checkpoint PATH, or --clip_model NAME")
+    if not args.no_meteor and not java_available():
+        raise SystemExit(f"error: {JAVA_HELP}")
+    device = get_device(args.device)
+    if args.checkpoint:
+        wrapper, preprocess, ckpt = load_checkpoint(args.checkpoint, device)
+        label = f"{model_label(ckpt['config']['clip_model'])}, {ckpt['config']['train_mode']}"
+        jsonl = args.data_jsonl or ckpt["config"]["data_jsonl"]
+        output = args.output or Path(args.checkpoint).with_name(f"captions_{args.split}.json")
+    else:
+        model, preprocess = load_clip(args.clip_model, device, weights=args.clip_weights)
+        wrapper = CLIPWrapper(model, "zero_shot").eval()
+        label = f"{model_label(args.clip_model)}, zero-shot"
+        jsonl = args.data_jsonl or "data/pix3d_toy/usable_samples.jsonl"
+        output = args.output or Path("logs") / f"zero_shot-{args.clip_model.replace('/', '-')}" / f"captions_{args.split}.json"
+    report = caption_report(wrapper, preprocess, jsonl, args.split, device, meteor=not args.no_meteor)
+    report["model"] = label
+    write_json(output, report)
+    print(format_report(report, label))
+    print(f"wrote {output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
