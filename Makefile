@@ -2,6 +2,7 @@
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 export PYOPENGL_PLATFORM ?= egl
+export EGL_PLATFORM ?= surfaceless
 
 .PHONY: setup demo test bench clean-data
 

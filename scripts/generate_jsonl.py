@@ -245,9 +245,8 @@ def main(argv=None):
         })
 
     failed = set()
-    failures_file = renders_dir / "failures.jsonl"
-    if failures_file.exists():
-        failed = {model_id_of("model/" + r["model"]) for r in read_jsonl(failures_file)}
+    for failures_file in renders_dir.glob("failures*.jsonl"):  # failures_shard{i}of{n}.jsonl with --shard
+        failed |= {model_id_of("model/" + r["model"]) for r in read_jsonl(failures_file)}
 
     rows, left_out = [], Counter()
     out_dir = output.parent.resolve()
