@@ -131,7 +131,7 @@ def build_captions(category, attributes, name=None):
     art = lambda phrase: ("an " if phrase[0] in "aeiou" else "a ") + phrase  # noqa: E731
     caps = [art(f"{adj} {noun}".strip())]
     if color:
-        caps.append(f"a 3D model of {art(f'{color} {noun}')}")
+        caps.append(f"{art(noun)} in {color}")
     if parts:
         caps.append(f"{art(f'{adj} {noun}'.strip())} with {parts}")
         caps.append(f"{art(noun)} with {parts}")
@@ -179,7 +179,7 @@ def find_views(renders_dir, model_path, model_id):
         meta = folder / "views.json"
         if meta.exists():
             views = json.loads(meta.read_text())
-            files = [folder / v["file"] if isinstance(v, dict) and "file" in v else None for v in views]
+            files = [folder / (v.get("image") or v.get("file")) if isinstance(v, dict) and (v.get("image") or v.get("file")) else None for v in views]
             if any(f is None for f in files):
                 files = sorted(folder.glob("view_*.png"))
             if files and len(files) == len(views) and all(f.exists() for f in files):
