@@ -358,12 +358,14 @@ def plot_recall_curves(curves, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    names = {"image2text": "shape -> text (image2text)", "text2image": "text -> shape (text2image)"}
     for name, ys in curves.items():
-        ax.plot(CURVE_KS[: len(ys)], ys, label=name.replace("2", " -> "))
-    ax.set(xlabel="K", ylabel="Recall@K", ylim=(0, 1.02), title=title)
+        ax.plot(CURVE_KS[: len(ys)], ys, label=names.get(name, name))
+    ax.set(xlabel="K", ylabel="Recall@K", ylim=(0, 1.02))
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
