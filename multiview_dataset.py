@@ -9,6 +9,10 @@ mode="train": item i is a draw for model i % n_models: a random view and a rando
     resumed run continues the same stream.
 mode="eval": item i is the i-th view of the split, returned as (image tensor, model index); the captions are
     in `ds.texts` as (caption, model index) pairs, so evaluation can aggregate views per model.
+
+Photo -> shape retrieval (identity = the 3D model):
+    ShapeImageDataset: the split's photos (cropped to their bbox, optionally masked) and renders, one label per model.
+    PKSampler: batches of P models x K images (photos and renders mixed) for the metric losses.
 """
 from pathlib import Path
 
@@ -71,3 +75,146 @@ class MultiViewDataset(Dataset):
         v = int(torch.randint(len(self.views[m]), ()))
         c = int(torch.randint(len(self.captions[m]), ()))
         return self.preprocess(load_image(self.views[m][v])), self.captions[m][c], m
+
+
+# ============================================================================= photo -> shape retrieval
+def crop_photo(image, bbox, margin=0.1, mask=None):
+    """A square crop around the object: its bbox [x0, y0, x1, y1] grown by `margin` (a fraction of the longer
+    side, on each side) and padded with white beyond the photo's border. Square, so CLIP's centre crop keeps the
+    whole object; white, like the renders' background. With a mask (L image, object > 0) the background is
+    painted white first."""
+    white = Image.new("RGB", image.size, (255, 255, 255))
+    if mask is not None:
+        image = Image.composite(image, white, mask.point(lambda v: 255 if v > 0 else 0))
+    x0, y0, x1, y1 = bbox
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
+    left, top = round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2)
+    side = max(1, round(side))
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    box = (max(left, 0), max(top, 0), min(left + side, image.width), min(top + side, image.height))
+    if box[0] < box[2] and box[1] < box[3]:
+        canvas.paste(image.crop(box), (box[0] - left, box[1] - top))
+    return canvas
+
+
+def load_photo(photo, margin=0.1, apply_mask=False):
+    """The cropped photo of one `photos` entry of usable_samples.jsonl (paths already resolved)."""
+    image = load_image(photo["img"])
+    bbox = photo.get("bbox")
+    if not bbox or len(bbox) != 4 or not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
+        raise ValueError(f"{photo['img']}: bad bbox {bbox!r}; expected [x0, y0, x1, y1] with x0 < x1, y0 < y1")
+    mask = None
+    if apply_mask:
+        if not photo.get("mask"):
+            raise ValueError(f"{photo['img']}: no mask in usable_samples.jsonl, but the background removal asks for one")
+        try:
+            with Image.open(photo["mask"]) as m:
+                mask = m.convert("L")
+        except Exception as e:
+            raise OSError(f"{photo['mask']}: cannot read mask ({e})") from None
+        if mask.size != image.size:
+            raise ValueError(f"{photo['mask']}: mask is {mask.size}, its photo {photo['img']} is {image.size}")
+    return crop_photo(image, bbox, margin, mask)
+
+
+def is_hard(photo):
+    """Truncated or occluded: Pix3D's own evaluation leaves these photos out."""
+    return bool(photo.get("truncated") or photo.get("occluded"))
+
+
+class ShapeImageDataset(Dataset):
+    """The photos and the renders of every model of a split; identity = the 3D model.
+
+        ds = ShapeImageDataset(jsonl, "train", preprocess)                                  # photos + renders, training
+        ds = ShapeImageDataset(jsonl, "test", preprocess, views=False, mode="eval")          # the photo queries
+
+    Items: every kept photo (cropped to its bbox), then every render. mode="train" returns (image tensor, a
+    random caption of the model, model index); mode="eval" returns (image tensor, model index).
+    `labels[i]` and `is_photo[i]` describe item i (for PKSampler). Truncated/occluded photos are left out unless
+    keep_hard; how many were left out is in `n_hard_skipped`.
+    """
+
+    def __init__(self, jsonl_path, split, preprocess, photos=True, views=True, keep_hard=False, margin=0.1,
+                 apply_mask=False, mode="train"):
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode {mode!r}: expected 'train' or 'eval'")
+        base = MultiViewDataset(jsonl_path, split, preprocess, mode="eval")
+        self.model_ids, self.categories, self.captions, self.views = base.model_ids, base.categories, base.captions, base.views
+        self.photos = base.photos
+        self.preprocess, self.mode, self.margin, self.apply_mask = preprocess, mode, margin, apply_mask
+        kept = [(m, p) for m, ps in enumerate(base.photos) for p in ps if keep_hard or not is_hard(p)] if photos else []
+        self.n_hard_skipped = sum(len(ps) for ps in base.photos) - len(kept) if photos else 0
+        self.items = [(m, True, p) for m, p in kept]
+        if views:
+            self.items += [(m, False, path) for m, path in base.view_index]
+        if not self.items:
+            raise ValueError(f"{jsonl_path}: no {'photos' if photos else 'images'} in split {split!r}"
+                             + ("" if keep_hard else " (truncated/occluded photos were left out)"))
+        self.labels = [m for m, _, _ in self.items]
+        self.is_photo = [p for _, p, _ in self.items]
+
+    def __len__(self):
+        return len(self.items)
+
+    def image(self, i):
+        """Item i as a PIL image, before preprocessing (the gallery pictures show this)."""
+        _, photo, src = self.items[i]
+        return load_photo(src, self.margin, self.apply_mask) if photo else load_image(src)
+
+    def __getitem__(self, i):
+        m = self.labels[i]
+        x = self.preprocess(self.image(i))
+        if self.mode == "eval":
+            return x, m
+        return x, self.captions[m][int(torch.randint(len(self.captions[m]), ()))], m
+
+
+class PKSampler(torch.utils.data.Sampler):
+    """Batches of P models x K images each (a batch sampler: yields lists of dataset indices).
+
+    Each model contributes up to `n_photos` of its photos and fills the rest of its K with renders, so every
+    batch mixes the two domains; a model with fewer than K images repeats some. Models with fewer than two
+    images cannot give a positive pair and are skipped; `n_skipped` counts them. An epoch visits every usable
+    model once (the ragged last group of fewer than P is dropped). The order depends only on (seed, epoch),
+    so a resumed run sees the same batches; under DDP rank r takes batches r, r + world, ...
+    """
+
+    def __init__(self, labels, is_photo, P, K, n_photos=None, seed=0, rank=0, world_size=1):
+        if P < 2 or K < 2:
+            raise ValueError(f"P x K sampling needs P >= 2 models and K >= 2 images per model, got P={P}, K={K}")
+        self.P, self.K, self.seed, self.rank, self.world = P, K, seed, rank, world_size
+        self.n_photos = K // 2 if n_photos is None else min(n_photos, K)
+        groups = {}
+        for i, (m, photo) in enumerate(zip(labels, is_photo)):
+            groups.setdefault(m, ([], []))[0 if photo else 1].append(i)
+        self.groups = {m: g for m, g in groups.items() if len(g[0]) + len(g[1]) >= 2}
+        self.models = sorted(self.groups)
+        self.n_skipped = len(groups) - len(self.models)
+        if len(self.models) < P:
+            raise ValueError(f"P x K sampling: {len(self.models)} models with two or more images, fewer than "
+                             f"P={P} ({self.n_skipped} skipped with fewer than two)")
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return (len(self.models) // self.P) // self.world
+
+    def _pick(self, m, g):
+        photos, views = self.groups[m]
+        photos = [photos[i] for i in torch.randperm(len(photos), generator=g)[: self.n_photos].tolist()]
+        views = [views[i] for i in torch.randperm(len(views), generator=g)[: self.K - len(photos)].tolist()]
+        chosen = photos + views
+        pool = self.groups[m][0] + self.groups[m][1]
+        while len(chosen) < self.K:  # too few images: repeat some (augmentation makes the copies differ)
+            chosen.append(pool[int(torch.randint(len(pool), (), generator=g))])
+        return chosen
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = [self.models[i] for i in torch.randperm(len(self.models), generator=g).tolist()]
+        batches = [order[i:i + self.P] for i in range(0, len(order) - self.P + 1, self.P)]
+        batches = batches[: len(self) * self.world]
+        for models in batches[self.rank::self.world]:
+            yield [i for m in models for i in self._pick(m, g)]

@@ -1,8 +1,13 @@
-"""Contrastive losses for mesh-render <-> text retrieval, and the all-gather they need under DDP.
+"""Contrastive losses for mesh-render <-> text retrieval, metric losses for photo -> shape, and the all-gather
+they need under DDP.
 
     from models.losses import build_loss
     loss_fn = build_loss("clip")            # "clip" | "cosine" | "cosine_no_negatives"
     loss = loss_fn(image_features, text_features, model.logit_scale.exp().clamp(max=100), ids)
+
+    from models.losses import ShapeLoss     # photo -> shape: TripletLoss, CenterLoss, IdentityLoss, SupConLoss
+    loss_fn = ShapeLoss("triplet+center", n_classes=n_train_models, dim=512)
+    total, parts = loss_fn(image_features, ids)                         # parts: {"triplet": ..., "center": ...}
 
 `ids` holds one model id per row (image row i and text row i come from the same 3D model). Pix3D has
 several images / captions per model, so one batch can hold the same model twice: those rows are
@@ -18,6 +23,8 @@ are not gathered (logit_scale) get dL/ds on each rank, and the average keeps it.
 (world*B)^2 logits matrix on each rank instead of B x (world*B), which is nothing at our batch sizes,
 and in exchange the logged loss needs no extra reduction and unequal per-rank batches stay exact.
 """
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -179,3 +186,179 @@ def build_loss(name="clip", **kw):
     if name == "cosine_no_negatives":
         return CosineLoss(negatives=False, **kw)
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+
+
+# ============================================================================= metric losses (photo -> shape)
+# Identity = one 3D model. Every loss below takes (features, ids) with one model id per row, L2-normalises the
+# rows and, like the losses above, gathers them over ranks first: each rank computes the loss of the global batch.
+SHAPE_LOSSES = ("triplet", "center", "ce", "supcon")
+
+
+def _normalise_gather_rows(features, ids):
+    if features.dim() != 2 or ids.dim() != 1 or ids.shape[0] != features.shape[0]:
+        raise ValueError(f"features {tuple(features.shape)} must be (batch, dim) and ids {tuple(ids.shape)} "
+                         "must be 1-D with one model id per row")
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise ValueError(f"ids must be an integer tensor (model ids), got {ids.dtype}")
+    return gather_features(F.normalize(features, dim=-1)), gather_ids(ids.to(features.device))
+
+
+class TripletLoss(nn.Module):
+    """Batch-hard triplet loss (Hermans et al. 2017, "In defense of the triplet loss").
+
+    For every anchor: its farthest same-model row and its nearest other-model row (Euclidean distance of the
+    unit rows, sqrt(2 - 2 cos)), loss = mean over anchors of max(0, d(a, p) - d(a, n) + margin). Anchors with no
+    positive or no negative in the batch are left out (a P x K batch with K >= 2 has none).
+    """
+
+    def __init__(self, margin=0.3):
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, features, ids):
+        x, ids = _normalise_gather_rows(features, ids)
+        # clamp: sqrt has an infinite gradient at 0 (the diagonal, identical views)
+        dist2 = (2 - 2 * x @ x.T).clamp(min=1e-12)
+        dist = dist2.sqrt()
+        same = ids[:, None] == ids[None, :]
+        eye = torch.eye(len(ids), dtype=torch.bool, device=x.device)
+        pos, neg = same & ~eye, ~same
+        valid = pos.any(1) & neg.any(1)
+        if not valid.any():
+            return features.sum() * 0.0  # keeps the graph: a zero loss, not an error, for a degenerate batch
+        hardest_pos = dist.masked_fill(~pos, -math.inf).max(1).values
+        hardest_neg = dist.masked_fill(~neg, math.inf).min(1).values
+        return F.relu(hardest_pos - hardest_neg + self.margin)[valid].mean()
+
+
+def _first_batch_means(table, seen, x, ids):
+    """Rows of `table` for models seen for the first time: the mean of their rows in this batch (in place)."""
+    new = ids[~seen[ids]].unique()
+    for m in new.tolist():
+        table[m] = x[ids == m].mean(0)
+    seen[new] = True
+
+
+class CenterLoss(nn.Module):
+    """Center loss (Wen et al. 2016): 1/2 * mean over rows of ||x_i - c_{id_i}||^2, x_i the unit embedding.
+
+    The centers are buffers updated as in the paper, not by the optimizer: after each training batch a center
+    moves toward its rows, c_j -= alpha * sum_i (c_j - x_i) / (1 + n_j). (Fine-tuning's learning rate, 1e-5,
+    would leave optimizer-trained centers where they started.) A model's center starts at the mean of its rows
+    in the first batch that holds it, so a first batch does not pull everything toward zero.
+    """
+
+    def __init__(self, n_classes, dim, alpha=0.5):
+        super().__init__()
+        self.alpha = alpha
+        self.register_buffer("centers", torch.zeros(n_classes, dim))
+        self.register_buffer("seen", torch.zeros(n_classes, dtype=torch.bool))
+
+    def forward(self, features, ids):
+        x, ids = _normalise_gather_rows(features, ids)
+        if int(ids.max()) >= len(self.centers) or int(ids.min()) < 0:
+            raise ValueError(f"ids must lie in 0..{len(self.centers) - 1} (one center per training model)")
+        if self.training:
+            with torch.no_grad():
+                _first_batch_means(self.centers, self.seen, x.float(), ids)
+        centers = self.centers[ids]  # a copy: the update below does not touch what autograd saved
+        loss = 0.5 * ((x - centers) ** 2).sum(1).mean()
+        if self.training:
+            with torch.no_grad():
+                diff = torch.zeros_like(self.centers).index_add_(0, ids, (centers - x).float())
+                count = torch.zeros(len(self.centers), device=x.device).index_add_(0, ids, torch.ones_like(ids, dtype=torch.float))
+                self.centers -= self.alpha * diff / (1 + count[:, None])
+        return loss
+
+
+class IdentityLoss(nn.Module):
+    """Cross-entropy over the training models (one class per 3D model), with a cosine classifier:
+    logits = scale * cos(x_i, w_j). A class weight starts at the mean embedding of its first batch (weight
+    imprinting), so fine-tuning's small learning rate starts from a sensible classifier instead of noise."""
+
+    def __init__(self, n_classes, dim, scale=16.0):
+        super().__init__()
+        self.scale = scale
+        self.weight = nn.Parameter(torch.randn(n_classes, dim) * 0.01)
+        self.register_buffer("seen", torch.zeros(n_classes, dtype=torch.bool))
+
+    def forward(self, features, ids):
+        x, ids = _normalise_gather_rows(features, ids)
+        if self.training:
+            with torch.no_grad():
+                _first_batch_means(self.weight.data, self.seen, x.float(), ids)
+        logits = self.scale * x @ F.normalize(self.weight, dim=-1).T
+        return F.cross_entropy(logits, ids)
+
+
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss (Khosla et al. 2020, L_out): for anchor i with positives P(i) (other rows of
+    the same model), -1/|P(i)| * sum_{p in P(i)} log( exp(s z_i.z_p) / sum_{a != i} exp(s z_i.z_a) ), averaged
+    over anchors that have a positive. s = logit_scale (CLIP's learned 1/temperature, capped at 100). Rows may
+    mix modalities: photos, renders and captions of one model are all positives of each other.
+    """
+
+    def forward(self, features, ids, logit_scale):
+        z, ids = _normalise_gather_rows(features, ids)
+        scale = torch.as_tensor(logit_scale, dtype=z.dtype, device=z.device).clamp(max=100)
+        eye = torch.eye(len(ids), dtype=torch.bool, device=z.device)
+        logits = (scale * z @ z.T).masked_fill(eye, -math.inf)  # an anchor is not its own candidate
+        log_prob = logits - logits.logsumexp(dim=1, keepdim=True)
+        pos = (ids[:, None] == ids[None, :]) & ~eye
+        n_pos = pos.sum(1)
+        valid = n_pos > 0
+        if not valid.any():
+            return features.sum() * 0.0
+        per_anchor = -log_prob.masked_fill(~pos, 0.0).sum(1)[valid] / n_pos[valid]
+        return per_anchor.mean()
+
+
+class ShapeLoss(nn.Module):
+    """A weighted sum of metric losses over model identities, from a spec such as "triplet+center+ce" or "supcon".
+
+    forward(image_features, ids, text_features=None, text_ids=None, logit_scale=None) -> (total, {part: value}).
+    triplet, center and ce see the image rows (photos and renders); supcon sees the image rows and, when given,
+    the caption rows (text_ids: their model ids; default `ids`) as well. Weights: triplet 1, supcon 1, center `center_weight`,
+    ce `ce_weight`. n_classes: the number of training models (center and ce keep one row per model).
+    """
+
+    def __init__(self, spec, n_classes, dim, triplet_margin=0.3, center_weight=0.01, ce_weight=1.0):
+        super().__init__()
+        self.parts = parse_shape_loss(spec)
+        self.weights = {"triplet": 1.0, "center": center_weight, "ce": ce_weight, "supcon": 1.0}
+        self.losses = nn.ModuleDict()
+        if "triplet" in self.parts:
+            self.losses["triplet"] = TripletLoss(triplet_margin)
+        if "center" in self.parts:
+            self.losses["center"] = CenterLoss(n_classes, dim)
+        if "ce" in self.parts:
+            self.losses["ce"] = IdentityLoss(n_classes, dim)
+        if "supcon" in self.parts:
+            self.losses["supcon"] = SupConLoss()
+
+    @property
+    def uses_text(self):
+        return "supcon" in self.parts
+
+    def forward(self, image_features, ids, text_features=None, text_ids=None, logit_scale=None):
+        values = {}
+        for name, fn in self.losses.items():
+            if name == "supcon":
+                feats, rows = image_features, ids
+                if text_features is not None:
+                    text_ids = ids if text_ids is None else text_ids
+                    feats, rows = torch.cat([image_features, text_features]), torch.cat([ids, text_ids.to(ids.device)])
+                values[name] = fn(feats, rows, logit_scale)
+            else:
+                values[name] = fn(image_features, ids)
+        total = sum(self.weights[k] * v for k, v in values.items())
+        return total, values
+
+
+def parse_shape_loss(spec):
+    parts = [p.strip() for p in spec.split("+") if p.strip()]
+    unknown = [p for p in parts if p not in SHAPE_LOSSES]
+    if not parts or unknown or len(set(parts)) != len(parts):
+        raise ValueError(f"shape loss {spec!r}: expected '+'-joined distinct parts of {', '.join(SHAPE_LOSSES)} "
+                         "(e.g. triplet+center, supcon)")
+    return parts

@@ -222,3 +222,173 @@ def test_ddp_loss_and_grads_equal_single_process(tmp_path):
             assert torch.allclose(loss, ref_loss, atol=1e-5), f"{name} rank {rank}: loss {loss} vs {ref_loss}"
             for k in ref_grads:
                 assert torch.allclose(grads[k], ref_grads[k], atol=1e-5), f"{name} rank {rank}: grad of {k}"
+
+
+# ============================================================================= metric losses (photo -> shape)
+from models.losses import CenterLoss, IdentityLoss, ShapeLoss, SupConLoss, TripletLoss  # noqa: E402
+
+
+def _on_circle(degrees, radius=3.0):
+    """Points on a circle (radius != 1: the losses must normalise)."""
+    return torch.tensor([[radius * math.cos(math.radians(d)), radius * math.sin(math.radians(d))] for d in degrees])
+
+
+def _chord(degrees):
+    """Euclidean distance of two unit vectors `degrees` apart."""
+    return 2 * math.sin(math.radians(degrees) / 2)
+
+
+def test_triplet_batch_hard_by_hand():
+    # model 0 at 0 and 60 degrees, model 1 at 180 and 200; margin 1
+    x, ids = _on_circle([0, 60, 180, 200]), torch.tensor([0, 0, 1, 1])
+    per_anchor = [
+        max(0.0, _chord(60) - _chord(160) + 1),   # 0 deg: positive 60 deg away, nearest negative (200) 160 away
+        max(0.0, _chord(60) - _chord(120) + 1),   # 60 deg: nearest negative is 180 (120 away)
+        max(0.0, _chord(20) - _chord(120) + 1),   # 180 deg: 0.347 - 1.732 + 1 < 0
+        max(0.0, _chord(20) - _chord(140) + 1),   # 200 deg: 0.347 - 1.879 + 1 < 0
+    ]
+    assert per_anchor[0] > 0 and per_anchor[1] > 0 and per_anchor[2] == per_anchor[3] == 0
+    assert abs(TripletLoss(margin=1.0)(x, ids).item() - sum(per_anchor) / 4) < 1e-5
+    # a fifth row alone in its model (90 deg): no positive, so no anchor, but the nearest negative of others
+    x5, ids5 = _on_circle([0, 60, 180, 200, 90]), torch.tensor([0, 0, 1, 1, 2])
+    per_anchor = [_chord(60) - _chord(90) + 1, _chord(60) - _chord(30) + 1, 0.0, 0.0]  # 180/200: still < 0
+    assert abs(TripletLoss(margin=1.0)(x5, ids5).item() - sum(per_anchor) / 4) < 1e-5
+
+
+def test_triplet_degenerate_batch_is_zero_with_a_graph():
+    x = torch.randn(3, 4, requires_grad=True)
+    loss = TripletLoss()(x, torch.tensor([0, 1, 2]))  # no positives at all
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_center_loss_by_hand_and_its_update_rule():
+    x, ids = torch.tensor([[3.0, 4.0], [0.0, 2.0]]), torch.tensor([0, 1])  # unit rows (0.6, 0.8) and (0, 1)
+    loss = CenterLoss(n_classes=2, dim=2, alpha=0.5)
+    loss.centers.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    loss.seen[:] = True
+    loss.eval()  # no update
+    expected = 0.5 * (((0.6 - 1) ** 2 + 0.8 ** 2) + 1.0) / 2  # = 0.45
+    assert abs(loss(x, ids).item() - expected) < 1e-6
+    loss.train()
+    assert abs(loss(x, ids).item() - expected) < 1e-6  # the loss uses the centers from before the update
+    # c_j -= alpha * sum_i (c_j - x_i) / (1 + n_j): c0 = (1, 0) - 0.5 * (0.4, -0.8) / 2, c1 = (0, 0) - 0.5 * (0, -1) / 2
+    assert torch.allclose(loss.centers, torch.tensor([[0.9, 0.2], [0.0, 0.25]]), atol=1e-6)
+    # two rows of one model: n_j = 2
+    loss.centers.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0]]))
+    loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([1, 1]))
+    assert torch.allclose(loss.centers[1], torch.tensor([0.5 / 3, 0.5 / 3]), atol=1e-6)
+
+
+def test_center_loss_starts_centers_at_the_first_batch_mean():
+    loss = CenterLoss(n_classes=3, dim=2).train()
+    x, ids = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), torch.tensor([2, 2, 0])
+    value = loss(x, ids)
+    assert torch.allclose(loss.centers[2], torch.tensor([0.5, 0.5])) and torch.allclose(loss.centers[0], x[2])
+    assert abs(value.item() - 0.5 * (0.5 + 0.5 + 0) / 3) < 1e-6  # each of rows 0, 1 is 0.5**2 * 2 = 0.5 away
+    assert loss.seen.tolist() == [True, False, True] and loss.centers[1].abs().sum() == 0
+
+
+def test_supcon_by_hand():
+    # rows e0, e0 (model 0) and e1 (model 1), scale 1: row 2 has no positive and is left out as an anchor
+    z, ids = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0, 1])
+    expected = -math.log(math.exp(1) / (math.exp(1) + math.exp(0)))
+    assert abs(SupConLoss()(z, ids, 1.0).item() - expected) < 1e-6
+    # a = e0, b = e1 (model 0); c = e0, d = (e0 + e1)/sqrt 2 (model 1); scale 2, r = cos 45
+    r, s = math.sqrt(0.5), 2.0
+    z, ids = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [r, r]]), torch.tensor([0, 0, 1, 1])
+    per_anchor = [
+        -(s * 0 - math.log(math.exp(0) + math.exp(s) + math.exp(s * r))),     # a: positive b, others c, d
+        -(s * 0 - math.log(math.exp(0) + math.exp(0) + math.exp(s * r))),     # b: positive a
+        -(s * r - math.log(math.exp(s) + math.exp(0) + math.exp(s * r))),     # c: positive d
+        math.log(3),                                                          # d: a, b, c all at cos r
+    ]
+    assert abs(SupConLoss()(z, ids, s).item() - sum(per_anchor) / 4) < 1e-5
+
+
+def _supcon_loops(z, ids, scale):
+    z = F.normalize(z, dim=-1)
+    total, anchors = 0.0, 0
+    for i in range(len(ids)):
+        others = [a for a in range(len(ids)) if a != i]
+        positives = [p for p in others if ids[p] == ids[i]]
+        if not positives:
+            continue
+        log_z = math.log(sum(math.exp(scale * float(z[i] @ z[a])) for a in others))
+        total += -sum(scale * float(z[i] @ z[p]) - log_z for p in positives) / len(positives)
+        anchors += 1
+    return total / anchors
+
+
+def test_supcon_matches_loops_and_has_finite_gradients():
+    z = torch.randn(9, 6, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    ids = [0, 1, 0, 2, 1, 0, 3, 2, 4]  # a triple, two pairs, two singletons
+    loss = SupConLoss()(z, torch.tensor(ids), 5.0)
+    assert abs(loss.item() - _supcon_loops(z.detach(), ids, 5.0)) < 1e-5
+    loss.backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_identity_loss_is_cosine_cross_entropy_with_imprinted_weights():
+    x, ids = torch.randn(6, 4, generator=torch.Generator().manual_seed(5)), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = IdentityLoss(n_classes=3, dim=4, scale=16.0).train()
+    value = loss(x, ids)
+    xn = F.normalize(x, dim=-1)
+    means = torch.stack([xn[ids == c].mean(0) for c in range(3)])
+    assert torch.allclose(loss.weight, means, atol=1e-6)  # imprinted on first sight
+    expected = F.cross_entropy(16.0 * xn @ F.normalize(means, dim=-1).T, ids)
+    assert torch.allclose(value, expected, atol=1e-6)
+
+
+def test_shape_loss_is_the_weighted_sum_of_its_parts():
+    img = torch.randn(8, 5, generator=torch.Generator().manual_seed(6))
+    txt = torch.randn(2, 5, generator=torch.Generator().manual_seed(7))
+    ids, text_ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), torch.tensor([0, 1])
+    loss = ShapeLoss("triplet+center+ce+supcon", n_classes=2, dim=5, center_weight=0.1, ce_weight=0.5).eval()
+    total, parts = loss(img, ids, txt, text_ids, 10.0)
+    assert set(parts) == {"triplet", "center", "ce", "supcon"}
+    assert torch.allclose(total, parts["triplet"] + 0.1 * parts["center"] + 0.5 * parts["ce"] + parts["supcon"])
+    both = SupConLoss()(torch.cat([img, txt]), torch.cat([ids, text_ids]), 10.0)
+    assert torch.allclose(parts["supcon"], both)  # captions join the images as positives of their model
+    with pytest.raises(ValueError, match="triplet, center, ce, supcon"):
+        ShapeLoss("triplet+arcface", 2, 5)
+
+
+# Two ranks, the global batch split 5 / 3: the metric losses gather like the CLIP loss, so loss and gradients
+# (centers updated identically on both ranks) equal one process on the whole batch.
+SHAPE_IDS = torch.tensor([0, 1, 0, 2, 1, 2, 0, 1])
+
+
+def _shape_loss_and_grads(rows):
+    torch.manual_seed(0)
+    enc = nn.Linear(6, 5)
+    logit_scale = nn.Parameter(torch.tensor(2.0))
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+    loss_fn = ShapeLoss("triplet+center+supcon", n_classes=3, dim=5).train()
+    total, _ = loss_fn(enc(x[rows]), SHAPE_IDS[rows], logit_scale=logit_scale.exp())
+    total.backward()
+    return total.detach(), {"weight": enc.weight.grad, "bias": enc.bias.grad, "scale": logit_scale.grad}, loss_fn.losses["center"].centers
+
+
+def _shape_ddp_worker(rank, world_size, store_path, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world_size)
+    try:
+        loss, grads, centers = _shape_loss_and_grads(slice(0, 5) if rank == 0 else slice(5, 8))
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= world_size
+        torch.save((loss, grads, centers), f"{out_dir}/shape{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_shape_losses_ddp_equal_single_process(tmp_path):
+    mp.spawn(_shape_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    ref_loss, ref_grads, ref_centers = _shape_loss_and_grads(slice(0, 8))
+    for rank in range(2):
+        loss, grads, centers = torch.load(tmp_path / f"shape{rank}.pt", weights_only=True)
+        assert torch.allclose(loss, ref_loss, atol=1e-5)
+        assert torch.allclose(centers, ref_centers, atol=1e-6)
+        for k in ref_grads:
+            assert torch.allclose(grads[k], ref_grads[k], atol=1e-5), k

@@ -1,0 +1,27 @@
+"""Photo -> shape, stage 3: fine-tune both towers with supervised contrastive loss (SupCon), where the photos,
+renders and captions of one 3D model are all positives; warm-started from stage 2 (CLIP-FH's stage 3).
+
+    python train_shape_stage3.py --init_from=weights/<stage 2 run>/best.pt
+    python train_shape_stage3.py --clip_model=tiny --lr=2e-4 --init_from=weights/<stage 2 run>/best.pt
+Any config key of train.py can be overridden as --key=value. This file only chooses a preset; the loop is train.py's.
+"""
+import train
+
+PRESET = dict(
+    task="photo2shape",
+    train_mode="full",
+    shape_loss="supcon",
+    lr=1e-5,
+    weight_decay=0.2,
+    epochs=20,
+    pk_models=16,
+    pk_images=4,
+    pk_photos=2,
+    warmup_steps=20,
+    augment=True,
+    patience=5,
+    select_metric="photo2shape_mAP",
+)
+
+if __name__ == "__main__":
+    train.main(preset=PRESET)
