@@ -3,7 +3,8 @@
     .venv/bin/python scripts/demo.py
 
 Steps: build data/pix3d_toy (Pix3D's format) -> render 12 views per model -> usable_samples.jsonl ->
-zero-shot -> linear probe -> full fine-tune -> Recall@K and caption metrics on the test split.
+zero-shot -> linear probe -> full fine-tune -> Recall@K and caption metrics on the test split ->
+photo -> shape retrieval (zero-shot, stage 2 image tower, stage 3 joint).
 Writes logs/demo/results.json, logs/demo/results.md and the pictures beside them. Every step that already
 finished is kept (data, renders, feature cache); the two training runs start fresh each time.
 The tiny model is random-init and trained from scratch here: its numbers show the pipeline works, not what
@@ -17,9 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import eval_shape_retrieval  # noqa: E402
 import train  # noqa: E402
 import train_clip_full  # noqa: E402
 import train_clip_linear  # noqa: E402
+import train_shape_stage2  # noqa: E402
+import train_shape_stage3  # noqa: E402
 from eval_recall import encode_split, run_eval  # noqa: E402
 from evaluate_caption import caption_report, java_available  # noqa: E402
 from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label  # noqa: E402
@@ -36,6 +40,11 @@ LINEAR = dict(train_clip_linear.PRESET, **COMMON, run_name="demo-linear")
 # From scratch the tiny model needs a far larger step than pretrained CLIP's 1e-5.
 FULL = dict(train_clip_full.PRESET, **COMMON, run_name="demo-full", lr=5e-4, weight_decay=0.1, epochs=8,
             draws_per_model=6, warmup_steps=20, patience=3)
+# Photo -> shape: stage 2 (image tower: triplet + center + ce), stage 3 (both towers: SupCon, from stage 2).
+SHAPE_STAGE2 = dict(train_shape_stage2.PRESET, **COMMON, run_name="demo-shape-stage2", lr=5e-4, epochs=8)
+SHAPE_STAGE3 = dict(train_shape_stage3.PRESET, **COMMON, run_name="demo-shape-stage3", lr=2e-4, epochs=6,
+                    init_from=str(ROOT / "weights/demo-shape-stage2/best.pt"))
+SHAPE_KEYS = ["photo2shape_R@1", "photo2shape_R@5", "photo2shape_R@10", "photo2shape_mAP", "category/photo2shape_R@1"]
 KEYS = ["text2image_R@1", "text2image_R@5", "text2image_R@10", "image2text_R@1", "image2text_R@5",
         "image2text_R@10", "text2image_mAP", "image2text_mAP"]
 
@@ -50,20 +59,20 @@ def main():
     device = get_device("auto")
     OUT.mkdir(parents=True, exist_ok=True)
 
-    t = step("1/7 toy Pix3D dataset")
+    t = step("1/8 toy Pix3D dataset")
     if (DATA / "pix3d.json").exists():
         print(f"kept {DATA} (delete it to rebuild)")
     else:
         make_toy_pix3d.main(["--out", str(DATA)])
     print(f"({time.time() - t:.0f}s)")
 
-    t = step("2/7 render 12 views per model")
+    t = step("2/8 render 12 views per model")
     rc = render_objs.main(["--obj_dir", str(DATA / "model"), "--output_dir", str(DATA / "renders"), "--workers", "2"])
     if rc:
         raise SystemExit(f"rendering failed (exit {rc}); see {DATA / 'renders/failures.jsonl'}")
     print(f"({time.time() - t:.0f}s)")
 
-    t = step("3/7 usable_samples.jsonl")
+    t = step("3/8 usable_samples.jsonl")
     generate_jsonl.main(["--json_path", str(DATA / "pix3d.json")])
     rows = read_jsonl(DATA / "usable_samples.jsonl")
     sheet_rows = [next(r for r in rows if r["category"] == c) for c in sorted({r["category"] for r in rows})]
@@ -72,7 +81,7 @@ def main():
     print(f"contact sheet: {OUT / 'renders_contact_sheet.png'} ({time.time() - t:.0f}s)")
 
     results, label = {}, model_label(CLIP_MODEL)
-    t = step("4/7 zero-shot (untrained tiny model)")
+    t = step("4/8 zero-shot (untrained tiny model)")
     model, preprocess = load_clip(CLIP_MODEL, device, seed=COMMON["seed"])
     zero = CLIPWrapper(model, "zero_shot").eval()
     results["zero_shot"] = run_eval(zero, preprocess, COMMON["data_jsonl"], "test", OUT / "zero_shot",
@@ -80,7 +89,7 @@ def main():
     print(f"({time.time() - t:.0f}s)")
 
     for name, preset, n in (("linear", LINEAR, 5), ("full", FULL, 6)):
-        t = step(f"{n}/7 {name} training")
+        t = step(f"{n}/8 {name} training")
         for d in (ROOT / "logs" / preset["run_name"], ROOT / "weights" / preset["run_name"]):
             shutil.rmtree(d, ignore_errors=True)
         out = train.main([], preset=preset)
@@ -90,17 +99,22 @@ def main():
                                  f"{label}, {name}", device=device, feats=feats)
         print(f"({time.time() - t:.0f}s)")
 
-    t = step("7/7 captions of the full model (retrieval captioning vs baselines)")
+    t = step("7/8 captions of the full model (retrieval captioning vs baselines)")
     meteor = java_available()
     if not meteor:
         print("note: Java not found, METEOR skipped (apt-get install default-jre-headless)")
     captions = caption_report(wrapper, preprocess, COMMON["data_jsonl"], "test", device, meteor=meteor, feats=feats)
     print(f"({time.time() - t:.0f}s)")
 
+    t = step("8/8 photo -> shape retrieval: zero-shot, stage 2, stage 3")
+    shape = shape_retrieval(device)
+    print(f"({time.time() - t:.0f}s)")
+
     summary = {name: {k: r["metrics"][k] for k in r["metrics"] if not k.endswith("n_no_match")}
                for name, r in results.items()}
     summary["captions"] = captions["captioners"]["retrieval"]
     summary["captions_baselines"] = {k: v for k, v in captions["captioners"].items() if k != "retrieval"}
+    summary["shape_retrieval"] = shape
     summary["model"] = label
     summary["n_test_models"] = results["full"]["n_models"]
     write_json(OUT / "results.json", summary)
@@ -108,6 +122,37 @@ def main():
     (OUT / "results.md").write_text(results_markdown(summary))
     print("\n" + results_markdown(summary))
     print(f"wrote {OUT / 'results.json'} and {OUT / 'results.md'}; demo took {(time.time() - t_start) / 60:.1f} min")
+
+
+def shape_retrieval(device):
+    """Photo -> shape on the toy photos (test split) for each stage: {stage: {metric: value}} plus counts."""
+    label, jsonl = model_label(CLIP_MODEL), COMMON["data_jsonl"]
+    model, preprocess = load_clip(CLIP_MODEL, device, seed=COMMON["seed"])
+    r = eval_shape_retrieval.run_eval(CLIPWrapper(model, "zero_shot").eval(), preprocess, jsonl, "test",
+                                      OUT / "shape_zero_shot", f"{label}, zero-shot", device=device)
+    results = {"zero_shot": r["metrics"]}
+    for name, preset in (("stage2", SHAPE_STAGE2), ("stage3", SHAPE_STAGE3)):
+        for d in (ROOT / "logs" / preset["run_name"], ROOT / "weights" / preset["run_name"]):
+            shutil.rmtree(d, ignore_errors=True)
+        trained = train.main([], preset=preset)
+        wrapper, preprocess, _ = load_checkpoint(Path(trained["weights_dir"]) / "best.pt", device)
+        r = eval_shape_retrieval.run_eval(wrapper, preprocess, jsonl, "test", OUT / f"shape_{name}",
+                                          f"{label}, {name}", device=device)
+        results[name] = r["metrics"]
+    results.update(n_photos=r["n_photos"], n_photos_left_out=r["n_photos_left_out"], n_models=r["n_models"])
+    return results
+
+
+def shape_markdown(s):
+    lines = [f"Photo -> shape, test split: {s['n_photos']} photos ({s['n_photos_left_out']} truncated/occluded left "
+             f"out) against {s['n_models']} shapes.", "",
+             "| stage | tuned | loss | " + " | ".join(SHAPE_KEYS) + " |", "|---" * (len(SHAPE_KEYS) + 3) + "|"]
+    for name, tuned, loss in (("zero_shot", "none", "-"), ("stage2", "image tower", "triplet + center + ce"),
+                              ("stage3", "both towers", "SupCon")):
+        lines.append(f"| {name} | {tuned} | {loss} | " + " | ".join(f"{s[name][k]:.3f}" for k in SHAPE_KEYS) + " |")
+    lines += ["", "Pictures: " + ", ".join(f"[{n}](shape_{n}/photo2shape_gallery.png)"
+                                          for n in ("zero_shot", "stage2", "stage3")), ""]
+    return "\n".join(lines)
 
 
 def results_markdown(s):
@@ -123,6 +168,8 @@ def results_markdown(s):
     lines += ["", "Pictures: [renders](renders_contact_sheet.png), "
               + ", ".join(f"[{n} recall curve]({n}/recall_curve.png), [{n} gallery]({n}/retrieval_gallery.png)"
                           for n in ("zero_shot", "linear", "full")), ""]
+    if "shape_retrieval" in s:
+        lines += [shape_markdown(s["shape_retrieval"])]
     return "\n".join(lines)
 
 
