@@ -5,6 +5,8 @@
 
 Command line (scores retrieval captioning and two baselines, with their CLIP score, on a split):
     python evaluate_caption.py --checkpoint weights/<run>/best.pt --split test [--no_meteor]
+    python evaluate_caption.py --captioner generative --captioner_checkpoint weights/<captioner run>/best.pt
+(the second adds the generative captioner of train_captioner.py; its CLIP checkpoint is the one it was trained on)
 
 The numbers are the standard COCO-caption ones: captions go through pycocoevalcap's PTBTokenizer
 (Stanford CoreNLP 3.4.1 jar, lower-cased, punctuation tokens dropped), then Bleu(4), Meteor (METEOR 1.5 jar
@@ -335,12 +337,21 @@ def main(argv=None):
     ap.add_argument("--clip_weights", default=None)
     ap.add_argument("--data_jsonl", default=None, help="default: the checkpoint's")
     ap.add_argument("--split", default="test", choices=("val", "test"))
-    ap.add_argument("--captioner", default="retrieval", choices=("retrieval",),
-                    help="retrieval: the best-matching training caption")
+    ap.add_argument("--captioner", default="retrieval", choices=("retrieval", "generative"),
+                    help="retrieval: the best-matching training caption; generative: also train_captioner.py's "
+                         "decoder (with --captioner_checkpoint)")
+    ap.add_argument("--captioner_checkpoint", default=None, help="weights/<run>/best.pt from train_captioner.py")
+    ap.add_argument("--decode", default=None, choices=("greedy", "beam", "nucleus"),
+                    help="generative decoding; default: the captioner's training config")
     ap.add_argument("--no_meteor", action="store_true", help="skip METEOR (it needs Java)")
     ap.add_argument("--output", default=None, help="default: captions_<split>.json next to the checkpoint")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    captioner = None
+    if args.captioner == "generative":
+        captioner = _load_generative(ap, args)
+    elif args.captioner_checkpoint:
+        ap.error("--captioner_checkpoint goes with --captioner generative")
     if bool(args.checkpoint) == bool(args.clip_model):
         ap.error("give --checkpoint PATH, or --clip_model NAME")
     if not args.no_meteor and not java_available():
@@ -357,12 +368,49 @@ def main(argv=None):
         label = f"{model_label(args.clip_model)}, zero-shot"
         jsonl = args.data_jsonl or "data/pix3d_toy/usable_samples.jsonl"
         output = args.output or Path("logs") / f"zero_shot-{args.clip_model.replace('/', '-')}" / f"captions_{args.split}.json"
-    report = caption_report(wrapper, preprocess, jsonl, args.split, device, meteor=not args.no_meteor)
+    extra, feats = {}, None
+    if captioner is not None:
+        from caption import make_captioner
+        from eval_recall import encode_split
+        from models.caption_decoder import group_views
+
+        dec, cap_ckpt = captioner
+        feats = encode_split(wrapper, preprocess, jsonl, args.split, device)
+        views = group_views(feats[0]["image"], feats[0]["image_model"], len(feats[1].model_ids))
+        views_of = dict(zip(feats[1].model_ids, views))
+        extra["generative"] = make_captioner(dec.to(device), cap_ckpt, device, views_of=views_of, method=args.decode)
+        output = args.output or Path(args.captioner_checkpoint).with_name(f"captions_{args.split}.json")
+        label += f"; generative captioner {args.captioner_checkpoint}"
+    report = caption_report(wrapper, preprocess, jsonl, args.split, device, meteor=not args.no_meteor, feats=feats,
+                            captioners=extra)
     report["model"] = label
     write_json(output, report)
     print(format_report(report, label))
     print(f"wrote {output}")
     return 0
+
+
+def _load_generative(ap, args):
+    """(decoder, checkpoint) of --captioner_checkpoint; fills in --checkpoint with the CLIP it was trained on."""
+    from pathlib import Path
+
+    from caption import resolve_clip_checkpoint
+    from models.caption_decoder import load_captioner
+
+    if not args.captioner_checkpoint:
+        ap.error("--captioner generative needs --captioner_checkpoint weights/<captioner run>/best.pt")
+    if args.clip_model:
+        ap.error("--captioner generative reads the shapes with the CLIP checkpoint it was trained on, not --clip_model")
+    try:
+        dec, ckpt = load_captioner(args.captioner_checkpoint)
+        if not args.checkpoint:
+            args.checkpoint = str(resolve_clip_checkpoint(ckpt))
+        elif Path(args.checkpoint).resolve() != Path(ckpt["clip_checkpoint"]).resolve():
+            warnings.warn(f"the captioner was trained on the embeddings of {ckpt['clip_checkpoint']}, but shapes are "
+                          f"embedded with {args.checkpoint}: its captions only make sense for the CLIP it was trained on")
+    except (FileNotFoundError, ValueError) as e:
+        ap.error(str(e))
+    return dec, ckpt
 
 
 if __name__ == "__main__":

@@ -1,0 +1,154 @@
+"""Caption a 3D model with the generative captioner: renders the views if needed, prints the caption.
+
+    python caption.py path/to/model.obj                       # newest weights/*captioner*/best.pt
+    python caption.py renders/chair/IKEA_X/                   # a folder of renders (view_*.png), or one holding a .obj
+    python caption.py a.obj b.obj --method nucleus --n 5      # five sampled captions each
+    python caption.py model.obj --captioner_checkpoint weights/<run>/best.pt --save_views out/
+
+An .obj is rendered like the training data (scripts/render_objs.py: 12 views, elevations 15 and 40 degrees,
+unit sphere, white background), each view goes through the captioner's CLIP (the train.py checkpoint it was
+trained on), the normalised view embeddings are averaged into the shape embedding, and the decoder writes.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def resolve_clip_checkpoint(captioner_ckpt, override=None):
+    """The CLIP checkpoint a captioner was trained on (relative paths: to the cwd, else to the repository)."""
+    from utils import REPO_ROOT
+
+    path = Path(override or captioner_ckpt["clip_checkpoint"])
+    if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
+        path = REPO_ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the CLIP checkpoint this captioner was trained on is missing; "
+                                f"pass it with --clip_checkpoint")
+    return path
+
+
+def make_captioner(dec, ckpt, device, views_of=None, **overrides):
+    """A function (shape embeddings (N, D), model ids) -> captions, for evaluate_caption.caption_report.
+    views_of: {model id: (V, D) view embeddings}, needed when the captioner reads views (input_mode=views)."""
+    from train_captioner import decode_kwargs
+
+    kw = decode_kwargs(ckpt["config"], **overrides)
+    by_views = ckpt["config"]["input_mode"] == "views"
+    if by_views and views_of is None:
+        raise ValueError("this captioner reads view sequences (input_mode=views): pass views_of")
+
+    def captioner(shapes, model_ids):
+        x = torch.stack([views_of[m] for m in model_ids]) if by_views else shapes
+        return dec.generate(x.to(device), **kw)
+    return captioner
+
+
+def find_inputs(path):
+    """('obj', file) or ('views', [image files]) for a path; a clear error otherwise."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() == ".obj":
+            return "obj", path
+        raise ValueError(f"{path}: expected an .obj file or a folder of renders")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if images:
+        return "views", images
+    objs = sorted(path.glob("*.obj"))
+    if len(objs) == 1:
+        return "obj", objs[0]
+    raise ValueError(f"{path}: " + (f"{len(objs)} .obj files; name one" if objs else "no images and no .obj file"))
+
+
+def render_views(obj_path, size=224, save_dir=None):
+    """The 12 training-style renders of an .obj, as PIL images (saved as view_XX.png when save_dir is given)."""
+    from PIL import Image
+
+    from scripts import render_objs as ro  # sets PYOPENGL_PLATFORM before pyrender is imported
+    from utils import atomic_save_image
+
+    try:
+        scene = ro.normalize_scene(ro.load_model(obj_path))
+    except ro.MeshError as e:
+        raise ValueError(f"{obj_path}: {e}") from None
+    try:
+        renderer = ro.OffscreenRenderer(size, size)
+    except Exception as e:  # EGL / OSMesa missing or broken: say what to install, not a GL traceback
+        raise OSError(f"{ro.NO_GL} (PYOPENGL_PLATFORM={os.environ.get('PYOPENGL_PLATFORM')}): "
+                      f"{type(e).__name__}: {' '.join(str(e).split())[:200]}; see scripts/check_system.sh, "
+                      f"or pass a folder of renders instead") from None
+    images = []
+    with renderer:
+        renderer.set_model(scene)
+        for i, cam in enumerate(ro.view_cameras()):
+            rgb, _ = renderer.render(cam["pose"], cam["yfov"])
+            images.append(Image.fromarray(rgb))
+            if save_dir:
+                atomic_save_image(images[-1], Path(save_dir) / ro.view_name(i))
+    return images
+
+
+@torch.no_grad()
+def view_embeddings(wrapper, preprocess, images, device):
+    """(V, D) unit CLIP embeddings of PIL images."""
+    x = torch.stack([preprocess(im.convert("RGB")) for im in images]).to(device)
+    return F.normalize(wrapper.encode_image(x).float(), dim=-1)
+
+
+def main(argv=None):
+    from models.caption_decoder import load_captioner
+    from models.clip_wrapper import CLIPWrapper, load_checkpoint
+    from multiview_dataset import load_image
+    from train_captioner import newest_captioner
+    from utils import get_device
+
+    ap = argparse.ArgumentParser(description="Caption 3D models (.obj files or folders of renders).")
+    ap.add_argument("paths", nargs="+", help=".obj files, folders of renders, or folders holding one .obj")
+    ap.add_argument("--captioner_checkpoint", default=None, help="default: the newest weights/*captioner*/best.pt")
+    ap.add_argument("--clip_checkpoint", default=None, help="default: the one the captioner was trained on")
+    ap.add_argument("--method", choices=("greedy", "beam", "nucleus"), default=None, help="default: the training config's")
+    ap.add_argument("--beam_size", type=int, default=None)
+    ap.add_argument("--top_p", type=float, default=None)
+    ap.add_argument("--temperature", type=float, default=None)
+    ap.add_argument("--n", type=int, default=1, help="captions per model (useful with --method nucleus)")
+    ap.add_argument("--size", type=int, default=224, help="render size in pixels (as render_objs.py)")
+    ap.add_argument("--save_views", default=None, help="save the renders of an .obj here")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    device = get_device(args.device)
+    try:
+        path = args.captioner_checkpoint or newest_captioner("weights", "best.pt")
+        dec, ckpt = load_captioner(path, device)
+        wrapper, preprocess, _ = load_checkpoint(resolve_clip_checkpoint(ckpt, args.clip_checkpoint), device)
+        wrapper = CLIPWrapper(wrapper.model, "zero_shot").eval()
+        jobs = [(p, find_inputs(p)) for p in args.paths]
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    for p, (kind, what) in jobs:
+        try:
+            save = args.save_views and (Path(args.save_views) / Path(p).stem if len(jobs) > 1 else args.save_views)
+            images = render_views(what, args.size, save) if kind == "obj" else [load_image(f) for f in what]
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        views = view_embeddings(wrapper, preprocess, images, device)
+        shape = F.normalize(views.mean(0), dim=-1)[None]
+        captioner = make_captioner(dec, ckpt, device, views_of={0: views}, method=args.method,
+                                   beam_size=args.beam_size, top_p=args.top_p, temperature=args.temperature)
+        for c in [captioner(shape, [0])[0] for _ in range(args.n)]:
+            print(f"{p}: {c}" if len(jobs) > 1 else c)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
