@@ -4,7 +4,7 @@
 
 Steps: build data/pix3d_toy (Pix3D's format) -> render 12 views per model -> usable_samples.jsonl ->
 zero-shot -> linear probe -> full fine-tune -> Recall@K and caption metrics on the test split ->
-photo -> shape retrieval (zero-shot, stage 2 image tower, stage 3 joint).
+generative captioner -> photo -> shape retrieval (zero-shot, stage 2 image tower, stage 3 joint).
 Writes logs/demo/results.json, logs/demo/results.md and the pictures beside them. Every step that already
 finished is kept (data, renders, feature cache); the two training runs start fresh each time.
 The tiny model is random-init and trained from scratch here: its numbers show the pipeline works, not what
@@ -22,10 +22,13 @@ import eval_shape_retrieval  # noqa: E402
 import train  # noqa: E402
 import train_clip_full  # noqa: E402
 import train_clip_linear  # noqa: E402
+import train_captioner  # noqa: E402
 import train_shape_stage2  # noqa: E402
 import train_shape_stage3  # noqa: E402
+from caption import make_captioner  # noqa: E402
 from eval_recall import encode_split, run_eval  # noqa: E402
 from evaluate_caption import caption_report, java_available  # noqa: E402
+from models.caption_decoder import load_captioner  # noqa: E402
 from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label  # noqa: E402
 from scripts import generate_jsonl, make_toy_pix3d, render_objs  # noqa: E402
 from utils import get_device, read_jsonl, write_json  # noqa: E402
@@ -59,20 +62,20 @@ def main():
     device = get_device("auto")
     OUT.mkdir(parents=True, exist_ok=True)
 
-    t = step("1/8 toy Pix3D dataset")
+    t = step("1/9 toy Pix3D dataset")
     if (DATA / "pix3d.json").exists():
         print(f"kept {DATA} (delete it to rebuild)")
     else:
         make_toy_pix3d.main(["--out", str(DATA)])
     print(f"({time.time() - t:.0f}s)")
 
-    t = step("2/8 render 12 views per model")
+    t = step("2/9 render 12 views per model")
     rc = render_objs.main(["--obj_dir", str(DATA / "model"), "--output_dir", str(DATA / "renders"), "--workers", "2"])
     if rc:
         raise SystemExit(f"rendering failed (exit {rc}); see {DATA / 'renders/failures.jsonl'}")
     print(f"({time.time() - t:.0f}s)")
 
-    t = step("3/8 usable_samples.jsonl")
+    t = step("3/9 usable_samples.jsonl")
     generate_jsonl.main(["--json_path", str(DATA / "pix3d.json")])
     rows = read_jsonl(DATA / "usable_samples.jsonl")
     sheet_rows = [next(r for r in rows if r["category"] == c) for c in sorted({r["category"] for r in rows})]
@@ -81,7 +84,7 @@ def main():
     print(f"contact sheet: {OUT / 'renders_contact_sheet.png'} ({time.time() - t:.0f}s)")
 
     results, label = {}, model_label(CLIP_MODEL)
-    t = step("4/8 zero-shot (untrained tiny model)")
+    t = step("4/9 zero-shot (untrained tiny model)")
     model, preprocess = load_clip(CLIP_MODEL, device, seed=COMMON["seed"])
     zero = CLIPWrapper(model, "zero_shot").eval()
     results["zero_shot"] = run_eval(zero, preprocess, COMMON["data_jsonl"], "test", OUT / "zero_shot",
@@ -89,7 +92,7 @@ def main():
     print(f"({time.time() - t:.0f}s)")
 
     for name, preset, n in (("linear", LINEAR, 5), ("full", FULL, 6)):
-        t = step(f"{n}/8 {name} training")
+        t = step(f"{n}/9 {name} training")
         for d in (ROOT / "logs" / preset["run_name"], ROOT / "weights" / preset["run_name"]):
             shutil.rmtree(d, ignore_errors=True)
         out = train.main([], preset=preset)
@@ -99,14 +102,18 @@ def main():
                                  f"{label}, {name}", device=device, feats=feats)
         print(f"({time.time() - t:.0f}s)")
 
-    t = step("7/8 captions of the full model (retrieval captioning vs baselines)")
+    t = step("7/9 captions of the full model (retrieval captioning vs baselines)")
     meteor = java_available()
     if not meteor:
         print("note: Java not found, METEOR skipped (apt-get install default-jre-headless)")
     captions = caption_report(wrapper, preprocess, COMMON["data_jsonl"], "test", device, meteor=meteor, feats=feats)
     print(f"({time.time() - t:.0f}s)")
 
-    t = step("8/8 photo -> shape retrieval: zero-shot, stage 2, stage 3")
+    t = step("8/9 generative captioner on the frozen full model")
+    generative = generative_captions(ROOT / "weights" / FULL["run_name"] / "best.pt", device, feats)
+    print(f"({time.time() - t:.0f}s)")
+
+    t = step("9/9 photo -> shape retrieval: zero-shot, stage 2, stage 3")
     shape = shape_retrieval(device)
     print(f"({time.time() - t:.0f}s)")
 
@@ -114,6 +121,7 @@ def main():
                for name, r in results.items()}
     summary["captions"] = captions["captioners"]["retrieval"]
     summary["captions_baselines"] = {k: v for k, v in captions["captioners"].items() if k != "retrieval"}
+    summary["captions_generative"] = generative["captioners"]["generative"]
     summary["shape_retrieval"] = shape
     summary["model"] = label
     summary["n_test_models"] = results["full"]["n_models"]
@@ -122,6 +130,20 @@ def main():
     (OUT / "results.md").write_text(results_markdown(summary))
     print("\n" + results_markdown(summary))
     print(f"wrote {OUT / 'results.json'} and {OUT / 'results.md'}; demo took {(time.time() - t_start) / 60:.1f} min")
+
+
+def generative_captions(full_checkpoint, device, feats, run_name="demo-captioner"):
+    """Train the generative captioner on the frozen full model's shape embeddings and score it on the test split
+    beside retrieval captioning and the baselines (caption_report's dict)."""
+    for d in (ROOT / "logs" / run_name, ROOT / "weights" / run_name):
+        shutil.rmtree(d, ignore_errors=True)
+    out = train_captioner.main([f"--clip_checkpoint={full_checkpoint}", f"--run_name={run_name}",
+                                f"--logs_dir={ROOT / 'logs'}", f"--weights_dir={ROOT / 'weights'}",
+                                f"--cache_dir={COMMON['cache_dir']}", f"--seed={COMMON['seed']}"])
+    dec, ckpt = load_captioner(Path(out["weights_dir"]) / "best.pt", device)
+    wrapper, preprocess, _ = load_checkpoint(full_checkpoint, device)
+    return caption_report(wrapper, preprocess, COMMON["data_jsonl"], "test", device, meteor=java_available(),
+                          feats=feats, captioners={"generative": make_captioner(dec, ckpt, device)})
 
 
 def shape_retrieval(device):
@@ -163,6 +185,9 @@ def results_markdown(s):
     cap_keys = list(s["captions"])
     lines += ["", "| captions | " + " | ".join(cap_keys) + " |", "|---" * (len(cap_keys) + 1) + "|",
               "| retrieval (full model) | " + " | ".join(f"{s['captions'][k]:.3f}" for k in cap_keys) + " |"]
+    if "captions_generative" in s:
+        lines.append("| generative (on the full model) | "
+                     + " | ".join(f"{s['captions_generative'].get(k, float('nan')):.3f}" for k in cap_keys) + " |")
     for name, scores in s["captions_baselines"].items():
         lines.append(f"| {name} baseline | " + " | ".join(f"{scores.get(k, float('nan')):.3f}" for k in cap_keys) + " |")
     lines += ["", "Pictures: [renders](renders_contact_sheet.png), "
