@@ -406,7 +406,7 @@ def main(argv=None):
     import argparse
     from pathlib import Path
 
-    from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label
+    from models.clip_wrapper import load_for_eval
     from utils import get_device
 
     ap = argparse.ArgumentParser(description="Recall@K of text <-> shape retrieval on a split.")
@@ -423,18 +423,9 @@ def main(argv=None):
     if bool(args.checkpoint) == bool(args.clip_model):
         ap.error("give --checkpoint PATH, or --clip_model NAME for zero-shot")
     device = get_device(args.device)
-    if args.checkpoint:
-        wrapper, preprocess, ckpt = load_checkpoint(args.checkpoint, device)
-        cfg = ckpt["config"]
-        label = f"{model_label(cfg['clip_model'])}, {cfg['train_mode']} ({Path(args.checkpoint).name})"
-        jsonl = args.data_jsonl or cfg["data_jsonl"]
-        out_dir = args.out_dir or Path(cfg["logs_dir"]) / cfg["run_name"] / f"eval_{args.split}"
-    else:
-        model, preprocess = load_clip(args.clip_model, device, weights=args.clip_weights)
-        wrapper = CLIPWrapper(model, "zero_shot").eval()
-        label = f"{model_label(args.clip_model)}, zero-shot"
-        jsonl = args.data_jsonl or "data/pix3d_toy/usable_samples.jsonl"
-        out_dir = args.out_dir or Path("logs") / f"zero_shot-{args.clip_model.replace('/', '-')}" / f"eval_{args.split}"
+    wrapper, preprocess, label, run = load_for_eval(args.checkpoint, args.clip_model, args.clip_weights, device)
+    jsonl = args.data_jsonl or run["data_jsonl"]
+    out_dir = args.out_dir or run["run_dir"] / f"eval_{args.split}"
     result = run_eval(wrapper, preprocess, jsonl, args.split, out_dir, label, views=args.views, device=device,
                       num_workers=args.num_workers, tb_prefix=args.split)
     print(format_table(result))

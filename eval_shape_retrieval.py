@@ -160,7 +160,7 @@ def format_table(result):
 def main(argv=None):
     import argparse
 
-    from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label
+    from models.clip_wrapper import load_for_eval
     from utils import get_device
 
     ap = argparse.ArgumentParser(description="Photo -> shape retrieval (Rank-k, mAP) on a split.")
@@ -181,21 +181,12 @@ def main(argv=None):
     if bool(args.checkpoint) == bool(args.clip_model):
         ap.error("give --checkpoint PATH, or --clip_model NAME for zero-shot")
     device = get_device(args.device)
-    if args.checkpoint:
-        wrapper, preprocess, ckpt = load_checkpoint(args.checkpoint, device)
-        cfg = ckpt["config"]
-        label = f"{model_label(cfg['clip_model'])}, {cfg['train_mode']} ({cfg['run_name']}/{Path(args.checkpoint).name})"
-        jsonl = args.data_jsonl or cfg["data_jsonl"]
-        margin = args.margin if args.margin is not None else cfg.get("photo_margin", 0.1)
-        args.mask = args.mask or cfg.get("photo_mask", False)  # a model trained on masked photos is shown masked ones
-        out_dir = args.out_dir or Path(cfg["logs_dir"]) / cfg["run_name"] / f"photo2shape_{args.split}"
-    else:
-        model, preprocess = load_clip(args.clip_model, device, weights=args.clip_weights)
-        wrapper = CLIPWrapper(model, "zero_shot").eval()
-        label = f"{model_label(args.clip_model)}, zero-shot"
-        jsonl = args.data_jsonl or "data/pix3d_toy/usable_samples.jsonl"
-        margin = 0.1 if args.margin is None else args.margin
-        out_dir = args.out_dir or Path("logs") / f"zero_shot-{args.clip_model.replace('/', '-')}" / f"photo2shape_{args.split}"
+    wrapper, preprocess, label, run = load_for_eval(args.checkpoint, args.clip_model, args.clip_weights, device)
+    cfg = run["config"] or {}
+    jsonl = args.data_jsonl or run["data_jsonl"]
+    margin = args.margin if args.margin is not None else cfg.get("photo_margin", 0.1)
+    args.mask = args.mask or cfg.get("photo_mask", False)  # a model trained on masked photos is shown masked ones
+    out_dir = args.out_dir or run["run_dir"] / f"photo2shape_{args.split}"
     result = run_eval(wrapper, preprocess, jsonl, args.split, out_dir, label, device=device, keep_hard=args.keep_hard,
                       margin=margin, apply_mask=args.mask, views=args.views, num_workers=args.num_workers,
                       tb_prefix=args.split)

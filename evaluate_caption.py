@@ -328,7 +328,7 @@ def main(argv=None):
     import argparse
     from pathlib import Path
 
-    from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label
+    from models.clip_wrapper import load_for_eval
     from utils import get_device, write_json
 
     ap = argparse.ArgumentParser(description="Caption quality (BLEU, METEOR, ROUGE-L, CIDEr, CLIPScore) on a split.")
@@ -357,17 +357,10 @@ def main(argv=None):
     if not args.no_meteor and not java_available():
         raise SystemExit(f"error: {JAVA_HELP}")
     device = get_device(args.device)
-    if args.checkpoint:
-        wrapper, preprocess, ckpt = load_checkpoint(args.checkpoint, device)
-        label = f"{model_label(ckpt['config']['clip_model'])}, {ckpt['config']['train_mode']}"
-        jsonl = args.data_jsonl or ckpt["config"]["data_jsonl"]
-        output = args.output or Path(args.checkpoint).with_name(f"captions_{args.split}.json")
-    else:
-        model, preprocess = load_clip(args.clip_model, device, weights=args.clip_weights)
-        wrapper = CLIPWrapper(model, "zero_shot").eval()
-        label = f"{model_label(args.clip_model)}, zero-shot"
-        jsonl = args.data_jsonl or "data/pix3d_toy/usable_samples.jsonl"
-        output = args.output or Path("logs") / f"zero_shot-{args.clip_model.replace('/', '-')}" / f"captions_{args.split}.json"
+    wrapper, preprocess, label, run = load_for_eval(args.checkpoint, args.clip_model, args.clip_weights, device)
+    jsonl = args.data_jsonl or run["data_jsonl"]
+    output = args.output or (Path(args.checkpoint).with_name(f"captions_{args.split}.json") if args.checkpoint
+                             else run["run_dir"] / f"captions_{args.split}.json")
     extra, feats = {}, None
     if captioner is not None:
         from caption import make_captioner

@@ -206,3 +206,26 @@ def load_checkpoint(path, device="cpu"):
     model.load_state_dict(ckpt["model"], strict=False)
     wrapper = CLIPWrapper(model.to(device), cfg["train_mode"]).eval()
     return wrapper, preprocess, ckpt
+
+
+DEFAULT_JSONL = "data/pix3d_toy/usable_samples.jsonl"
+
+
+def load_for_eval(checkpoint=None, clip_model=None, clip_weights=None, device="cpu"):
+    """The model an evaluation script scores: a train.py checkpoint, or a CLIP as it is (zero-shot).
+
+    Returns (wrapper, preprocess, label, run) where run = {"data_jsonl", "run_dir", "config"}: the checkpoint's
+    data and log folder, or the toy data and logs/zero_shot-<model>/ for zero-shot (config None)."""
+    from pathlib import Path
+
+    if checkpoint:
+        wrapper, preprocess, ckpt = load_checkpoint(checkpoint, device)
+        cfg = ckpt["config"]
+        run_name = cfg.get("run_name") or Path(checkpoint).parent.name
+        label = f"{model_label(cfg['clip_model'])}, {cfg['train_mode']} ({run_name}/{Path(checkpoint).name})"
+        run = {"data_jsonl": cfg["data_jsonl"], "run_dir": Path(cfg.get("logs_dir", "logs")) / run_name, "config": cfg}
+        return wrapper, preprocess, label, run
+    model, preprocess = load_clip(clip_model, device, weights=clip_weights)
+    run = {"data_jsonl": DEFAULT_JSONL, "run_dir": Path("logs") / f"zero_shot-{clip_model.replace('/', '-')}",
+           "config": None}
+    return CLIPWrapper(model, "zero_shot").eval(), preprocess, f"{model_label(clip_model)}, zero-shot", run
