@@ -343,6 +343,9 @@ def main(argv=None, preset=None):
                 val_cache = cached_features(wrapper, cfg, "val", preprocess, dev)
         n_models = len(train_cache[1].model_ids)
         steps_per_epoch = (n_models * cfg["draws_per_model"]) // (cfg["batch_size"] * world)
+        # Computing the cache draws from the RNG (DataLoader workers' seeds) and a cache hit does not: seed again so
+        # that the run is the same either way.
+        set_seed(cfg["seed"] + rank)
     else:
         tf = preprocess
         if cfg["augment"]:

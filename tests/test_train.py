@@ -134,3 +134,10 @@ def test_ddp_two_cpu_processes(tmp_path, synthetic_jsonl):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "world size 2" in res.stdout and res.stdout.count("epoch 1/1") == 1
     assert (tmp_path / "weights/ddp/last.pt").exists()
+
+
+def test_linear_probe_is_the_same_with_or_without_a_cache_hit(tmp_path, synthetic_jsonl):
+    run(tmp_path, synthetic_jsonl, "--epochs=2", "--train_mode=linear", "--num_workers=1", "--run_name=miss")
+    run(tmp_path, synthetic_jsonl, "--epochs=2", "--train_mode=linear", "--num_workers=1", "--run_name=hit")
+    a, b = weights(tmp_path / "weights/miss/last.pt"), weights(tmp_path / "weights/hit/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
