@@ -160,14 +160,11 @@ def format_table(result):
 def main(argv=None):
     import argparse
 
-    from models.clip_wrapper import load_for_eval
+    from models.clip_wrapper import add_model_args, check_model_args, load_for_eval
     from utils import get_device
 
     ap = argparse.ArgumentParser(description="Photo -> shape retrieval (Rank-k, mAP) on a split.")
-    ap.add_argument("--checkpoint", help="weights/<run>/best.pt from train.py")
-    ap.add_argument("--clip_model", help="zero-shot without a checkpoint: a CLIP name, or 'tiny'")
-    ap.add_argument("--clip_weights", default=None, help="local OpenAI checkpoint file for --clip_model")
-    ap.add_argument("--data_jsonl", default=None, help="default: the checkpoint's, else data/pix3d_toy/usable_samples.jsonl")
+    add_model_args(ap)
     ap.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     ap.add_argument("--views", default="mean", choices=VIEW_MODES, help="how a shape's views are pooled")
     ap.add_argument("--keep_hard", action="store_true", help="keep truncated and occluded photos")
@@ -175,11 +172,9 @@ def main(argv=None):
                     "(on by default for a checkpoint trained with --photo_mask=True)")
     ap.add_argument("--margin", type=float, default=None, help="bbox crop margin (default: the checkpoint's, else 0.1)")
     ap.add_argument("--out_dir", default=None, help="default: the checkpoint's run directory under logs/")
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--num_workers", type=int, default=2)
     args = ap.parse_args(argv)
-    if bool(args.checkpoint) == bool(args.clip_model):
-        ap.error("give --checkpoint PATH, or --clip_model NAME for zero-shot")
+    check_model_args(ap, args)
     device = get_device(args.device)
     wrapper, preprocess, label, run = load_for_eval(args.checkpoint, args.clip_model, args.clip_weights, device)
     cfg = run["config"] or {}

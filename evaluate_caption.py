@@ -328,14 +328,11 @@ def main(argv=None):
     import argparse
     from pathlib import Path
 
-    from models.clip_wrapper import load_for_eval
+    from models.clip_wrapper import add_model_args, check_model_args, load_for_eval
     from utils import get_device, write_json
 
     ap = argparse.ArgumentParser(description="Caption quality (BLEU, METEOR, ROUGE-L, CIDEr, CLIPScore) on a split.")
-    ap.add_argument("--checkpoint", help="weights/<run>/best.pt from train.py")
-    ap.add_argument("--clip_model", help="without a checkpoint: a CLIP name, or 'tiny'")
-    ap.add_argument("--clip_weights", default=None)
-    ap.add_argument("--data_jsonl", default=None, help="default: the checkpoint's")
+    add_model_args(ap)
     ap.add_argument("--split", default="test", choices=("val", "test"))
     ap.add_argument("--captioner", default="retrieval", choices=("retrieval", "generative"),
                     help="retrieval: the best-matching training caption; generative: also train_captioner.py's "
@@ -345,15 +342,13 @@ def main(argv=None):
                     help="generative decoding; default: the captioner's training config")
     ap.add_argument("--no_meteor", action="store_true", help="skip METEOR (it needs Java)")
     ap.add_argument("--output", default=None, help="default: captions_<split>.json next to the checkpoint")
-    ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     captioner = None
     if args.captioner == "generative":
         captioner = _load_generative(ap, args)
     elif args.captioner_checkpoint:
         ap.error("--captioner_checkpoint goes with --captioner generative")
-    if bool(args.checkpoint) == bool(args.clip_model):
-        ap.error("give --checkpoint PATH, or --clip_model NAME")
+    check_model_args(ap, args)
     if not args.no_meteor and not java_available():
         raise SystemExit(f"error: {JAVA_HELP}")
     device = get_device(args.device)

@@ -211,6 +211,20 @@ def load_checkpoint(path, device="cpu"):
 DEFAULT_JSONL = "data/pix3d_toy/usable_samples.jsonl"
 
 
+def add_model_args(ap):
+    """The arguments every evaluation CLI takes to name its model: a checkpoint, or a CLIP for zero-shot."""
+    ap.add_argument("--checkpoint", help="weights/<run>/best.pt from train.py")
+    ap.add_argument("--clip_model", help="zero-shot without a checkpoint: a CLIP name, or 'tiny'")
+    ap.add_argument("--clip_weights", default=None, help="local OpenAI checkpoint file for --clip_model")
+    ap.add_argument("--data_jsonl", default=None, help=f"default: the checkpoint's, else {DEFAULT_JSONL}")
+    ap.add_argument("--device", default="auto")
+
+
+def check_model_args(ap, args):
+    if bool(args.checkpoint) == bool(args.clip_model):
+        ap.error("give --checkpoint PATH, or --clip_model NAME for zero-shot")
+
+
 def load_for_eval(checkpoint=None, clip_model=None, clip_weights=None, device="cpu"):
     """The model an evaluation script scores: a train.py checkpoint, or a CLIP as it is (zero-shot).
 
