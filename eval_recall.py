@@ -301,11 +301,9 @@ CURVE_KS = tuple(range(1, 51))
 
 def encode_split(wrapper, preprocess, jsonl, split, device, batch_size=64, num_workers=2):
     """Every view and caption of a split, encoded: (features dict, eval-mode dataset)."""
-    from models.clip_wrapper import encode_dataset
-    from multiview_dataset import MultiViewDataset
+    from features import encode_split as encode
 
-    ds = MultiViewDataset(jsonl, split, preprocess, mode="eval")
-    return encode_dataset(wrapper, ds, device, batch_size=batch_size, num_workers=num_workers), ds
+    return encode(wrapper, preprocess, jsonl, split, device, batch_size, num_workers)
 
 
 def shape_level(feats, ds, views="mean"):

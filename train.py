@@ -11,12 +11,9 @@ each 3D model for photo -> shape retrieval (--task=photo2shape).
 Each run writes logs/<run>/ (TensorBoard events, config.json) and weights/<run>/{last,best}.pt.
 """
 import glob
-import hashlib
-import json
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +23,8 @@ import torch.distributed as dist
 
 from eval_recall import evaluate_retrieval
 from eval_shape_retrieval import evaluate_photo2shape
-from models.clip_wrapper import CLIPWrapper, encode_dataset, load_clip, model_label, tokenize
+from features import cached_features, encode_dataset
+from models.clip_wrapper import CLIPWrapper, load_clip, model_label, tokenize
 from models.losses import ShapeLoss, build_loss, parse_shape_loss
 from multiview_dataset import MultiViewDataset, PKSampler, ShapeImageDataset
 from utils import apply_overrides, atomic_torch_save, get_device, set_seed, write_json
@@ -157,31 +155,11 @@ def find_latest(weights_root):
 
 
 # ----------------------------------------------------------------------------- linear probing: cached features
-def cached_features(wrapper, cfg, split, preprocess, dev):
-    """Pre-projection features of every view and caption of a split, computed once and kept on disk.
-
-    The key covers the model, its weights file, the jsonl and every render's size and mtime, so a change to any
-    of them computes the features anew."""
-    ds = MultiViewDataset(cfg["data_jsonl"], split, preprocess, mode="eval")
-    h = hashlib.sha1()
-    for part in (cfg["clip_model"], cfg["clip_weights"], str(cfg["seed"] if cfg["clip_model"] == "tiny" else ""),
-                 split, Path(cfg["data_jsonl"]).read_text()):
-        h.update(part.encode())
-    if cfg["clip_weights"]:
-        st = os.stat(cfg["clip_weights"])
-        h.update(f"{st.st_size}-{st.st_mtime_ns}".encode())
-    if cfg["init_from"]:  # warm-started weights change the backbone too
-        st = os.stat(cfg["init_from"])
-        h.update(f"init_from-{cfg['init_from']}-{st.st_size}-{st.st_mtime_ns}".encode())
-    for _, path in ds.view_index:
-        st = os.stat(path)
-        h.update(f"{path}-{st.st_size}-{st.st_mtime_ns}".encode())
-    path = Path(cfg["cache_dir"]) / f"features-{split}-{h.hexdigest()[:16]}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True), ds
-    feats = encode_dataset(wrapper, ds, dev, backbone=True, num_workers=cfg["num_workers"])
-    atomic_torch_save(feats, path)
-    return feats, ds
+def linear_cache(wrapper, cfg, split, preprocess, dev):
+    identity = {k: cfg[k] for k in ("clip_model", "clip_weights", "init_from")}
+    identity["seed"] = cfg["seed"] if cfg["clip_model"] == "tiny" else ""  # a random init depends on it
+    return cached_features(wrapper, preprocess, cfg["data_jsonl"], split, dev, cfg["cache_dir"], identity,
+                           cfg["num_workers"])
 
 
 def linear_batches(feats, n_models, cfg, rank, world):
@@ -334,13 +312,13 @@ def main(argv=None, preset=None):
         steps_per_epoch = 0
     elif linear:
         if is_main:  # rank 0 computes the cache; the others read it
-            train_cache = cached_features(wrapper, cfg, "train", preprocess, dev)
-            val_cache = cached_features(wrapper, cfg, "val", preprocess, dev)
+            train_cache = linear_cache(wrapper, cfg, "train", preprocess, dev)
+            val_cache = linear_cache(wrapper, cfg, "val", preprocess, dev)
         if world > 1:
             dist.barrier()
             if not is_main:
-                train_cache = cached_features(wrapper, cfg, "train", preprocess, dev)
-                val_cache = cached_features(wrapper, cfg, "val", preprocess, dev)
+                train_cache = linear_cache(wrapper, cfg, "train", preprocess, dev)
+                val_cache = linear_cache(wrapper, cfg, "val", preprocess, dev)
         n_models = len(train_cache[1].model_ids)
         steps_per_epoch = (n_models * cfg["draws_per_model"]) // (cfg["batch_size"] * world)
         # Computing the cache draws from the RNG (DataLoader workers' seeds) and a cache hit does not: seed again so

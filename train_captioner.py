@@ -28,7 +28,8 @@ from models.caption_decoder import (PAD, CaptionDecoder, build_vocab, encode_cap
                                     soft_text_embedding)
 from models.clip_wrapper import CLIPWrapper, load_checkpoint, model_label
 from models.losses import ClipLoss
-from train import NonFiniteLoss, cached_features, lr_lambda, param_groups, rng_state, set_rng_state
+from features import cached_features
+from train import NonFiniteLoss, lr_lambda, param_groups, rng_state, set_rng_state
 from utils import apply_overrides, atomic_torch_save, get_device, set_seed, write_json
 
 # ----------------------------------------------------------------------------- config (edit, or --key=value)
@@ -103,10 +104,10 @@ def shape_data(wrapper, clip_ckpt, cfg, split, preprocess, dev):
     """Per model of a split: unit view embeddings (n_models, V, D), the shape embedding (n_models, D), captions.
     The frozen backbone features come from train.py's cache, keyed by the CLIP checkpoint file and the renders."""
     ccfg = clip_ckpt["config"]
-    key = dict(clip_model=ccfg["clip_model"], clip_weights=ccfg.get("clip_weights", ""), seed=ccfg.get("seed", 0),
-               data_jsonl=cfg["data_jsonl"], init_from=cfg["clip_checkpoint"], cache_dir=cfg["cache_dir"],
-               num_workers=cfg["num_workers"])
-    feats, ds = cached_features(wrapper, key, split, preprocess, dev)
+    identity = dict(clip_model=ccfg["clip_model"], clip_weights=ccfg.get("clip_weights", ""), seed=ccfg.get("seed", 0),
+                    clip_checkpoint=cfg["clip_checkpoint"])
+    feats, ds = cached_features(wrapper, preprocess, cfg["data_jsonl"], split, dev, cfg["cache_dir"], identity,
+                                cfg["num_workers"])
     with torch.no_grad():
         img = F.normalize(wrapper.project_image(feats["image"].to(dev)).float().cpu(), dim=-1)
     views = group_views(img, feats["image_model"], len(ds.model_ids))

@@ -167,31 +167,6 @@ def tokenize(texts, context_length=77):
     return clip.tokenize(texts, context_length=context_length, truncate=True)
 
 
-@torch.no_grad()
-def encode_dataset(wrapper, dataset, device, batch_size=64, backbone=False, num_workers=0):
-    """Encode every view and every caption of an eval-mode MultiViewDataset.
-
-    Returns {"image": [n_views, D], "image_model": [n_views], "text": [n_texts, D], "text_model": [n_texts]}
-    with model indices into dataset.model_ids. backbone=True returns pre-projection features (for caching).
-    """
-    from torch.utils.data import DataLoader
-
-    was_training = wrapper.training
-    wrapper.eval()
-    img_fn = wrapper.image_backbone if backbone else wrapper.encode_image
-    txt_fn = wrapper.text_backbone if backbone else wrapper.encode_text
-    images, image_model = [], []
-    for x, m in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        images.append(img_fn(x.to(device)).float().cpu())
-        image_model.append(m)
-    texts = [c for c, _ in dataset.texts]
-    text_feats = [txt_fn(tokenize(texts[i:i + batch_size]).to(device)).float().cpu()
-                  for i in range(0, len(texts), batch_size)]
-    wrapper.train(was_training)
-    return {"image": torch.cat(images), "image_model": torch.cat(image_model),
-            "text": torch.cat(text_feats), "text_model": torch.tensor([m for _, m in dataset.texts])}
-
-
 def load_checkpoint(path, device="cpu"):
     """(wrapper, preprocess, checkpoint dict) from a train.py checkpoint. The base CLIP is rebuilt from the
     config stored in the checkpoint, then the trained tensors are loaded over it (weights_only: no pickled code

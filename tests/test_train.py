@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import features
 import train
 from models.clip_wrapper import load_checkpoint
 
@@ -59,8 +60,8 @@ def test_checkpoint_contents_and_safe_loading(tmp_path, synthetic_jsonl):
 
 def test_linear_probe_caches_features_and_invalidates(tmp_path, synthetic_jsonl, monkeypatch):
     calls = []
-    real = train.encode_dataset
-    monkeypatch.setattr(train, "encode_dataset", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = features.encode_dataset
+    monkeypatch.setattr(features, "encode_dataset", lambda *a, **k: calls.append(1) or real(*a, **k))
     run(tmp_path, synthetic_jsonl, "--epochs=2", "--train_mode=linear")
     assert len(calls) == 2  # train + val, once for two epochs
     run(tmp_path, synthetic_jsonl, "--epochs=2", "--train_mode=linear", "--run_name=again")
