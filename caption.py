@@ -2,7 +2,7 @@
 
     python caption.py path/to/model.obj                       # newest weights/*captioner*/best.pt
     python caption.py renders/chair/IKEA_X/                   # a folder of renders (view_*.png), or one holding a .obj
-    python caption.py a.obj b.obj --method nucleus --n 5      # five sampled captions each
+    python caption.py a.obj b.obj --decode nucleus --n 5      # five sampled captions each
     python caption.py model.obj --captioner_checkpoint weights/<run>/best.pt --save_views out/
 
 An .obj is rendered like the training data (scripts/render_objs.py: 12 views, elevations 15 and 40 degrees,
@@ -17,36 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from models.caption_decoder import DECODES
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-
-
-def resolve_clip_checkpoint(captioner_ckpt, override=None):
-    """The CLIP checkpoint a captioner was trained on (relative paths: to the cwd, else to the repository)."""
-    from utils import REPO_ROOT
-
-    path = Path(override or captioner_ckpt["clip_checkpoint"])
-    if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
-        path = REPO_ROOT / path
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the CLIP checkpoint this captioner was trained on is missing; "
-                                f"pass it with --clip_checkpoint")
-    return path
-
-
-def make_captioner(dec, ckpt, device, views_of=None, **overrides):
-    """A function (shape embeddings (N, D), model ids) -> captions, for evaluate_caption.caption_report.
-    views_of: {model id: (V, D) view embeddings}, needed when the captioner reads views (input_mode=views)."""
-    from train_captioner import decode_kwargs
-
-    kw = decode_kwargs(ckpt["config"], **overrides)
-    by_views = ckpt["config"]["input_mode"] == "views"
-    if by_views and views_of is None:
-        raise ValueError("this captioner reads view sequences (input_mode=views): pass views_of")
-
-    def captioner(shapes, model_ids):
-        x = torch.stack([views_of[m] for m in model_ids]) if by_views else shapes
-        return dec.generate(x.to(device), **kw)
-    return captioner
 
 
 def find_inputs(path):
@@ -103,21 +76,20 @@ def view_embeddings(wrapper, preprocess, images, device):
 
 
 def main(argv=None):
-    from models.caption_decoder import load_captioner
+    from models.caption_decoder import load_captioner, make_captioner, newest_captioner, resolve_clip_checkpoint
     from models.clip_wrapper import CLIPWrapper, load_checkpoint
     from multiview_dataset import load_image
-    from train_captioner import newest_captioner
     from utils import get_device
 
     ap = argparse.ArgumentParser(description="Caption 3D models (.obj files or folders of renders).")
     ap.add_argument("paths", nargs="+", help=".obj files, folders of renders, or folders holding one .obj")
     ap.add_argument("--captioner_checkpoint", default=None, help="default: the newest weights/*captioner*/best.pt")
     ap.add_argument("--clip_checkpoint", default=None, help="default: the one the captioner was trained on")
-    ap.add_argument("--method", choices=("greedy", "beam", "nucleus"), default=None, help="default: the training config's")
+    ap.add_argument("--decode", choices=DECODES, default=None, help="default: the captioner's training config")
     ap.add_argument("--beam_size", type=int, default=None)
     ap.add_argument("--top_p", type=float, default=None)
     ap.add_argument("--temperature", type=float, default=None)
-    ap.add_argument("--n", type=int, default=1, help="captions per model (useful with --method nucleus)")
+    ap.add_argument("--n", type=int, default=1, help="captions per model (useful with --decode nucleus)")
     ap.add_argument("--size", type=int, default=224, help="render size in pixels (as render_objs.py)")
     ap.add_argument("--save_views", default=None, help="save the renders of an .obj here")
     ap.add_argument("--seed", type=int, default=0)
@@ -129,25 +101,29 @@ def main(argv=None):
         dec, ckpt = load_captioner(path, device)
         wrapper, preprocess, _ = load_checkpoint(resolve_clip_checkpoint(ckpt, args.clip_checkpoint), device)
         wrapper = CLIPWrapper(wrapper.model, "zero_shot").eval()
-        jobs = [(p, find_inputs(p)) for p in args.paths]
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
-    for p, (kind, what) in jobs:
+    failed = 0
+    for p in args.paths:  # each input gets its own lines: captions, or one error; one bad input stops nothing
         try:
-            save = args.save_views and (Path(args.save_views) / Path(p).stem if len(jobs) > 1 else args.save_views)
+            kind, what = find_inputs(p)
+            save = args.save_views and (Path(args.save_views) / Path(p).stem if len(args.paths) > 1 else args.save_views)
             images = render_views(what, args.size, save) if kind == "obj" else [load_image(f) for f in what]
         except (OSError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+            print(f"{p}: error: {e}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
         views = view_embeddings(wrapper, preprocess, images, device)
         shape = F.normalize(views.mean(0), dim=-1)[None]
-        captioner = make_captioner(dec, ckpt, device, views_of={0: views}, method=args.method,
+        captioner = make_captioner(dec, ckpt, device, views_of={0: views}, decode=args.decode,
                                    beam_size=args.beam_size, top_p=args.top_p, temperature=args.temperature)
-        for c in [captioner(shape, [0])[0] for _ in range(args.n)]:
-            print(f"{p}: {c}" if len(jobs) > 1 else c)
-    return 0
+        for _ in range(args.n):
+            print(f"{p}: {captioner(shape, [0])[0] or '(empty caption)'}", flush=True)
+    if failed:
+        print(f"{failed} of {len(args.paths)} inputs failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -358,7 +358,7 @@ def main(argv=None):
                              else run["run_dir"] / f"captions_{args.split}.json")
     extra, feats = {}, None
     if captioner is not None:
-        from caption import make_captioner
+        from models.caption_decoder import make_captioner
         from eval_recall import encode_split
         from models.caption_decoder import group_views
 
@@ -366,7 +366,7 @@ def main(argv=None):
         feats = encode_split(wrapper, preprocess, jsonl, args.split, device)
         views = group_views(feats[0]["image"], feats[0]["image_model"], len(feats[1].model_ids))
         views_of = dict(zip(feats[1].model_ids, views))
-        extra["generative"] = make_captioner(dec.to(device), cap_ckpt, device, views_of=views_of, method=args.decode)
+        extra["generative"] = make_captioner(dec.to(device), cap_ckpt, device, views_of=views_of, decode=args.decode)
         output = args.output or Path(args.captioner_checkpoint).with_name(f"captions_{args.split}.json")
         label += f"; generative captioner {args.captioner_checkpoint}"
     report = caption_report(wrapper, preprocess, jsonl, args.split, device, meteor=not args.no_meteor, feats=feats,
@@ -382,7 +382,7 @@ def _load_generative(ap, args):
     """(decoder, checkpoint) of --captioner_checkpoint; fills in --checkpoint with the CLIP it was trained on."""
     from pathlib import Path
 
-    from caption import resolve_clip_checkpoint
+    from models.caption_decoder import resolve_clip_checkpoint
     from models.caption_decoder import load_captioner
 
     if not args.captioner_checkpoint:

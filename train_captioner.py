@@ -13,9 +13,7 @@ The CLIP is frozen, so every view of every model is encoded once (train.py's fea
 an epoch only runs the small decoder. A training example is (a train model's shape embedding, one of its
 captions); the shape embedding is what evaluation uses: the mean of the L2-normalised view embeddings.
 """
-import glob
 import math
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluate_caption import evaluate_caption
-from models.caption_decoder import (PAD, CaptionDecoder, build_vocab, encode_captions, group_views,
+from models.caption_decoder import (PAD, decode_kwargs, newest_captioner, CaptionDecoder, build_vocab, encode_captions, group_views,
                                     soft_text_embedding)
 from models.clip_wrapper import CLIPWrapper, load_checkpoint, model_label
 from models.losses import ClipLoss
@@ -81,22 +79,6 @@ cache_dir = "data/cache"
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and isinstance(v, (int, float, str, bool)) and k != "DEFAULTS"}
-
-
-def newest_captioner(weights_root, name="last.pt"):
-    """The newest weights/*captioner*/<name>; an error naming the pattern when there is none."""
-    found = glob.glob(os.path.join(weights_root, "*captioner*", name))
-    if not found:
-        raise FileNotFoundError(f"no {weights_root}/*captioner*/{name} found (train one with train_captioner.py)")
-    return max(found, key=os.path.getmtime)
-
-
-def decode_kwargs(cfg, **overrides):
-    """generate() settings from a (checkpoint's) config, with command-line overrides on top."""
-    kw = dict(method=cfg["decode"], beam_size=cfg["beam_size"], length_penalty=cfg["length_penalty"],
-              top_p=cfg["top_p"], temperature=cfg["temperature"], no_repeat_ngram=cfg["no_repeat_ngram"])
-    kw.update({k: v for k, v in overrides.items() if v is not None})
-    return kw
 
 
 # ----------------------------------------------------------------------------- data: cached shape embeddings
@@ -159,7 +141,7 @@ def validate(dec, data, cfg, dev):
     tokens = encode_captions(data["cap_text"], dec.clip_ids, cfg["max_len"]).to(dev)
     x = model_input(data, data["cap_model"], cfg).to(dev)
     ce = losses(dec, None, x, None, tokens, None, dict(cfg, w_align=0, w_contrastive=0))["ce"].item()
-    kw = decode_kwargs(cfg, method="greedy" if cfg["decode"] == "nucleus" else None)
+    kw = decode_kwargs(cfg, decode="greedy" if cfg["decode"] == "nucleus" else None)
     preds = dec.generate(model_input(data, torch.arange(len(data["model_ids"])), cfg).to(dev), **kw)
     metrics = evaluate_caption(data["captions"], preds, meteor=False)
     metrics["ce"] = ce

@@ -4,7 +4,7 @@
     clip_ids, detok = build_vocab(train_captions)                   # CLIP BPE ids the captions use
     dec = CaptionDecoder(embed_dim=128, clip_ids=clip_ids, detok=detok)
     logits = dec(shape_emb, tokens[:, :-1])                         # teacher forcing; shape_emb (B, D) or (B, V, D)
-    dec.generate(shape_emb, method="beam", beam_size=3)             # -> list of captions
+    dec.generate(shape_emb, decode="beam", beam_size=3)             # -> list of captions
     dec, ckpt = load_captioner("weights/<run>/best.pt")             # a train_captioner.py checkpoint
 
 The design is ClipCap's (CLIP embedding -> mapping network -> prefix for a language model), with a small
@@ -15,21 +15,25 @@ back to a CLIP token, which is what the CLIP-guided loss (`soft_text_embedding`)
 A pretrained language model (GPT-2 through `transformers`) is not offered: it would need a download or a cache,
 and on short templated captions a from-scratch decoder of ~2M parameters is enough.
 """
+import glob
+import os
 import re
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-from clip.clip import _tokenizer  # noqa: E402  (CLIP's BPE tokenizer, bundled with openai-clip)
+with warnings.catch_warnings():  # openai-clip imports pkg_resources, whose deprecation warning is noise here
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    from clip.clip import _tokenizer  # CLIP's BPE tokenizer, bundled with openai-clip
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 N_SPECIAL = 4
 SOT_ID, EOT_ID = _tokenizer.encoder["<|startoftext|>"], _tokenizer.encoder["<|endoftext|>"]
 MAPPERS = ("mlp", "transformer")
-METHODS = ("greedy", "beam", "nucleus")
+DECODES = ("greedy", "beam", "nucleus")  # the decoding strategies, config key `decode`
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -127,7 +131,7 @@ class CaptionDecoder(nn.Module):
         h = torch.cat([self.prefix_const.expand(x.shape[0], -1, -1), self.in_proj(x)], dim=1)
         return self.mapper(h)[:, : self.prefix_len]
 
-    def decode(self, prefix, tokens):
+    def logits(self, prefix, tokens):
         """Logits (B, T, vocab) for the token after each of tokens (B, T), given prefix (B, K, W)."""
         if tokens.shape[1] > self.max_len + 1:
             raise ValueError(f"{tokens.shape[1]} tokens: the decoder was built for at most {self.max_len + 1}")
@@ -138,11 +142,11 @@ class CaptionDecoder(nn.Module):
         return self.head(self.ln_f(h[:, self.prefix_len:]))
 
     def forward(self, x, tokens):
-        return self.decode(self.prefix(x), tokens)
+        return self.logits(self.prefix(x), tokens)
 
     # ------------------------------------------------------------------------- generation
     def _next_logprobs(self, prefix, seqs, no_repeat_ngram):
-        logp = F.log_softmax(self.decode(prefix, torch.tensor(seqs, device=prefix.device))[:, -1].float(), -1)
+        logp = F.log_softmax(self.logits(prefix, torch.tensor(seqs, device=prefix.device))[:, -1].float(), -1)
         logp[:, [PAD, BOS, UNK]] = -float("inf")  # never emitted
         for row, seq in enumerate(seqs):
             banned = _banned(seq[1:], no_repeat_ngram)
@@ -151,7 +155,7 @@ class CaptionDecoder(nn.Module):
         return logp
 
     @torch.no_grad()
-    def generate_tokens(self, x, method="greedy", beam_size=3, length_penalty=0.0, top_p=0.9, temperature=1.0,
+    def generate_tokens(self, x, decode="greedy", beam_size=3, length_penalty=0.0, top_p=0.9, temperature=1.0,
                         no_repeat_ngram=3, max_len=None):
         """Token lists (without BOS, ending in EOS unless max_len was reached), one per row of x.
 
@@ -160,21 +164,21 @@ class CaptionDecoder(nn.Module):
         gives greedy's caption. nucleus: sample from the smallest set of tokens whose probability
         reaches top_p (after dividing logits by temperature), using torch's global RNG.
         no_repeat_ngram=n forbids any n-gram from appearing twice (0 = off)."""
-        if method not in METHODS:
-            raise ValueError(f"unknown decoding method {method!r}; expected one of {METHODS}")
+        if decode not in DECODES:
+            raise ValueError(f"unknown decode={decode!r}; expected one of {DECODES}")
         max_len = min(max_len or self.max_len, self.max_len)
         was_training = self.training
         self.eval()
         try:
             prefix = self.prefix(x)
-            if method == "beam":
+            if decode == "beam":
                 return [self._beam(prefix[i:i + 1], beam_size, length_penalty, no_repeat_ngram, max_len)
                         for i in range(prefix.shape[0])]
             seqs, done = [[BOS] for _ in range(prefix.shape[0])], [False] * prefix.shape[0]
             for _ in range(max_len):
                 alive = [i for i, d in enumerate(done) if not d]
                 logp = self._next_logprobs(prefix[alive], [seqs[i] for i in alive], no_repeat_ngram)
-                if method == "greedy":
+                if decode == "greedy":
                     nxt = logp.argmax(-1)
                 else:
                     nxt = _nucleus(logp, top_p, temperature)
@@ -285,3 +289,47 @@ def load_captioner(path, device="cpu"):
     dec = CaptionDecoder(**ckpt["decoder_args"])
     dec.load_state_dict(ckpt["model"])
     return dec.to(device).eval(), ckpt
+
+
+def newest_captioner(weights_root="weights", name="last.pt"):
+    """The newest <weights_root>/*captioner*/<name> (captioner run names contain "captioner"); an error naming
+    the pattern when there is none."""
+    found = glob.glob(os.path.join(weights_root, "*captioner*", name))
+    if not found:
+        raise FileNotFoundError(f"no {weights_root}/*captioner*/{name} found (train one with train_captioner.py)")
+    return max(found, key=os.path.getmtime)
+
+
+def decode_kwargs(cfg, **overrides):
+    """generate() settings from a (checkpoint's) config, with the non-None overrides on top."""
+    kw = dict(decode=cfg["decode"], beam_size=cfg["beam_size"], length_penalty=cfg["length_penalty"],
+              top_p=cfg["top_p"], temperature=cfg["temperature"], no_repeat_ngram=cfg["no_repeat_ngram"])
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return kw
+
+
+def resolve_clip_checkpoint(captioner_ckpt, override=None):
+    """The CLIP checkpoint a captioner was trained on (a relative path: to the cwd, else to the repository)."""
+    path = Path(override or captioner_ckpt["clip_checkpoint"])
+    repo = Path(__file__).resolve().parents[1]
+    if not path.is_file() and not path.is_absolute() and (repo / path).is_file():
+        path = repo / path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the CLIP checkpoint this captioner was trained on is missing; "
+                                f"pass it with --clip_checkpoint")
+    return path
+
+
+def make_captioner(dec, ckpt, device, views_of=None, **overrides):
+    """A function (shape embeddings (N, D), model ids) -> captions, with the checkpoint's decoding settings and
+    the non-None overrides (decode=, beam_size=, ...). views_of: {model id: (V, D) view embeddings}, needed when
+    the captioner reads views (input_mode=views)."""
+    kw = decode_kwargs(ckpt["config"], **overrides)
+    by_views = ckpt["config"]["input_mode"] == "views"
+    if by_views and views_of is None:
+        raise ValueError("this captioner reads view sequences (input_mode=views): pass views_of")
+
+    def captioner(shapes, model_ids):
+        x = torch.stack([views_of[m] for m in model_ids]) if by_views else shapes
+        return dec.generate(x.to(device), **kw)
+    return captioner

@@ -25,10 +25,9 @@ import train_clip_linear  # noqa: E402
 import train_captioner  # noqa: E402
 import train_shape_stage2  # noqa: E402
 import train_shape_stage3  # noqa: E402
-from caption import make_captioner  # noqa: E402
 from eval_recall import encode_split, run_eval  # noqa: E402
 from evaluate_caption import caption_report, java_available  # noqa: E402
-from models.caption_decoder import load_captioner  # noqa: E402
+from models.caption_decoder import load_captioner, make_captioner  # noqa: E402
 from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label  # noqa: E402
 from scripts import generate_jsonl, make_toy_pix3d, render_objs  # noqa: E402
 from utils import get_device, read_jsonl, write_json  # noqa: E402

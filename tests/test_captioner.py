@@ -68,8 +68,8 @@ def test_vocab_round_trip():
 
 def test_decoder_overfits_to_exact_greedy_reproduction(overfit):
     dec, x = overfit
-    assert dec.generate(x, method="greedy") == [c.lower() for c in CAPTIONS]
-    assert dec.generate(x, method="beam", beam_size=4) == [c.lower() for c in CAPTIONS]
+    assert dec.generate(x, decode="greedy") == [c.lower() for c in CAPTIONS]
+    assert dec.generate(x, decode="beam", beam_size=4) == [c.lower() for c in CAPTIONS]
 
 
 @pytest.mark.parametrize("trained", [True, False])
@@ -80,8 +80,8 @@ def test_beam_width_one_equals_greedy(overfit, trained):
         dec = tiny_decoder(dec.clip_ids)
     x = torch.cat([x, torch.randn(6, 32)])  # off the training points too: longer, less certain captions
     for ngram in (0, 2):
-        greedy = dec.generate_tokens(x, method="greedy", no_repeat_ngram=ngram)
-        assert dec.generate_tokens(x, method="beam", beam_size=1, no_repeat_ngram=ngram) == greedy
+        greedy = dec.generate_tokens(x, decode="greedy", no_repeat_ngram=ngram)
+        assert dec.generate_tokens(x, decode="beam", beam_size=1, no_repeat_ngram=ngram) == greedy
 
 
 @pytest.mark.parametrize("mapper", ["mlp", "transformer"])
@@ -91,16 +91,16 @@ def test_batch_generation_variable_lengths(mapper):
     x = torch.cat([x, torch.randn(3, *x.shape[1:])])
     for method in ("greedy", "beam", "nucleus"):
         # max_len 8 cuts the long captions: rows end at EOS or at the limit, at different steps
-        out = dec.generate_tokens(x, method=method, beam_size=3, no_repeat_ngram=2, max_len=8)
+        out = dec.generate_tokens(x, decode=method, beam_size=3, no_repeat_ngram=2, max_len=8)
         assert len(out) == len(x)
         for seq in out:
             assert 1 <= len(seq) <= 8 and (seq[-1] == EOS or len(seq) == 8) and EOS not in seq[:-1]
             assert len(set(zip(seq, seq[1:]))) == max(len(seq) - 1, 0)  # no bigram twice
         assert len({len(s) for s in out}) > 1, "the test needs captions of different lengths"
-        assert len(dec.generate(x, method=method)) == len(x)
+        assert len(dec.generate(x, decode=method)) == len(x)
     # a row's caption does not depend on the rest of the batch (padding, rows that finished early)
-    batch = dec.generate_tokens(x, method="greedy", max_len=8)
-    assert batch == [dec.generate_tokens(x[i:i + 1], method="greedy", max_len=8)[0] for i in range(len(x))]
+    batch = dec.generate_tokens(x, decode="greedy", max_len=8)
+    assert batch == [dec.generate_tokens(x[i:i + 1], decode="greedy", max_len=8)[0] for i in range(len(x))]
 
 
 def test_ngram_blocking_against_brute_force():
@@ -202,12 +202,19 @@ def test_caption_cli_on_obj_and_renders(tmp_path, captioner_ckpt, capsys, monkey
     argv = ["--captioner_checkpoint", str(captioner_ckpt), "--size", "64"]
     assert caption.main([str(obj), *argv, "--save_views", str(tmp_path / "views")]) == 0
     first = capsys.readouterr().out.strip().splitlines()
-    assert len(first) == 1 and first[0]
+    assert len(first) == 1 and first[0].startswith(f"{obj}: ") and len(first[0]) > len(f"{obj}: ")
     assert len(list((tmp_path / "views").glob("view_*.png"))) == 12
-    assert caption.main([str(tmp_path / "views"), *argv, "--method", "nucleus", "--n", "3"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 3
-    assert caption.main([str(tmp_path / "missing.obj"), *argv]) == 2
-    assert "missing.obj" in capsys.readouterr().err
+    assert caption.main([str(tmp_path / "views"), *argv, "--decode", "nucleus", "--n", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"{tmp_path / 'views'}: ") for line in lines)
+    # a missing file and a broken mesh each get an error line; the good input after them is still captioned
+    broken = tmp_path / "broken" / "model.obj"
+    broken.parent.mkdir()
+    broken.write_text("v 0 0 0\nf 1 2 3\n")
+    assert caption.main([str(tmp_path / "missing.obj"), str(broken), str(obj), *argv]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split(": ")[0] for line in out.strip().splitlines()] == [str(obj)]
+    assert "missing.obj: error:" in err and f"{broken}: error:" in err and "2 of 3 inputs failed" in err
     monkeypatch.chdir(tmp_path)  # no weights/*captioner*/best.pt here
     assert caption.main([str(obj)]) == 2
     assert "captioner" in capsys.readouterr().err
