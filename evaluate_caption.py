@@ -289,7 +289,7 @@ def caption_report(wrapper, preprocess, jsonl, split, device, meteor=True, feats
     from eval_recall import encode_split, shape_level
     from models.clip_wrapper import tokenize
     from multiview_dataset import MultiViewDataset
-    from scripts.generate_jsonl import CATEGORY_NOUNS
+    from meshes.captions import CATEGORY_NOUNS
 
     if feats is None:
         feats, ds = encode_split(wrapper, preprocess, jsonl, split, device, num_workers=num_workers)

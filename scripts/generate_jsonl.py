@@ -14,30 +14,15 @@ import argparse
 import json
 import os
 import random
-import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from meshes.captions import build_captions, measure_mesh, readable_name, shape_word  # noqa: E402
 from utils import read_jsonl, write_jsonl  # noqa: E402
 
-# Plain colour words and a representative sRGB value for each; nearest neighbour names a material colour.
-COLOR_WORDS = {
-    "white": (235, 235, 230), "black": (25, 25, 25), "gray": (128, 128, 128), "brown": (110, 70, 40),
-    "red": (190, 30, 30), "blue": (40, 70, 180), "green": (50, 140, 60), "yellow": (230, 200, 40),
-    "orange": (230, 120, 30), "pink": (235, 150, 180), "beige": (215, 195, 160), "purple": (120, 50, 150),
-}
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-                "eleven", "twelve"]
-# The noun a caption uses for each Pix3D category ("misc" and "tool" are too vague to say as such).
-CATEGORY_NOUNS = {"misc": "object", "tool": "tool"}
 ENTRY_FIELDS = ("img", "category", "model")
-
-
-def color_word(rgb):
-    """Nearest plain colour word for an RGB triple (0-255)."""
-    return min(COLOR_WORDS, key=lambda w: sum((a - b) ** 2 for a, b in zip(COLOR_WORDS[w], rgb)))
 
 
 def model_id_of(model_path):
@@ -46,102 +31,6 @@ def model_id_of(model_path):
     parts = p.parts[1:] if p.parts and p.parts[0] == "model" else p.parts
     rel = Path(*parts)
     return str(rel.parent) if rel.name == "model.obj" else str(rel.parent / rel.stem)
-
-
-def readable_name(model_id):
-    """'bed/IKEA_MALM_2' -> 'IKEA MALM'. Names that carry no meaning (toy or scan ids) give None."""
-    name = Path(model_id).name
-    if not name.startswith("IKEA_"):
-        return None
-    return re.sub(r"_\d+$", "", name).replace("_", " ")
-
-
-def measure_mesh(obj_path):
-    """Attributes measured from the mesh itself: dominant material colour (by face area) and proportions."""
-    import numpy as np
-    import trimesh
-
-    scene = trimesh.load(obj_path, force="scene", process=False)
-    area = Counter()
-    for geom in scene.dump():
-        if not hasattr(geom, "area_faces") or len(geom.faces) == 0:
-            continue
-        rgb = None
-        material = getattr(geom.visual, "material", None)
-        if material is not None:
-            main = getattr(material, "main_color", None)
-            if main is not None:
-                rgb = tuple(int(c) for c in np.asarray(main)[:3])
-        if rgb is None and getattr(geom.visual, "kind", None) == "face":
-            rgb = tuple(int(c) for c in np.asarray(geom.visual.face_colors)[:, :3].mean(0))
-        if rgb is not None:
-            area[color_word(rgb)] += float(geom.area_faces.sum())
-    extents = scene.extents if scene.extents is not None else None
-    out = {"color": area.most_common(1)[0][0] if area else None}
-    if extents is not None:
-        w, h, d = (float(x) for x in extents)  # Pix3D models are y-up
-        out["size"] = {"width": w, "height": h, "depth": d}
-    return out
-
-
-def shape_word(size):
-    """'tall' / 'wide' / 'low' from the bounding box, or None for ordinary proportions."""
-    if not size:
-        return None
-    w, h, d = size["width"], size["height"], size["depth"]
-    footprint = max(w, d, 1e-9)
-    if h > 1.6 * footprint:
-        return "tall"
-    if h < 0.45 * footprint:
-        return "low"
-    if w > 2.0 * max(h, d):
-        return "wide"
-    return None
-
-
-def parts_phrase(parts):
-    """{'shelves': 5, 'drawers': 2} -> 'five shelves and two drawers' (singular for one)."""
-    items = []
-    for part, n in sorted((parts or {}).items()):
-        if not isinstance(n, int) or n <= 0:
-            continue
-        word = NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
-        noun = part if n > 1 else singular(part)
-        items.append(f"{word} {noun}")
-    if not items:
-        return None
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def singular(noun):
-    for plural, single in (("shelves", "shelf"), ("ies", "y"), ("ches", "ch"), ("shes", "sh"), ("s", "")):
-        if noun.endswith(plural):
-            return noun[: -len(plural)] + single
-    return noun
-
-
-def build_captions(category, attributes, name=None):
-    """Several true captions per model from what is known: category, name, colour, proportions, parts."""
-    noun = attributes.get("style") or CATEGORY_NOUNS.get(category, category)
-    if attributes.get("style") and category not in noun and category not in ("misc", "tool"):
-        noun = f"{attributes['style']} {category}"
-    color, shape = attributes.get("color"), attributes.get("shape")
-    parts = parts_phrase(attributes.get("parts"))
-    adj = " ".join(w for w in (shape, color) if w)
-    art = lambda phrase: ("an " if phrase[0] in "aeiou" else "a ") + phrase  # noqa: E731
-    caps = [art(f"{adj} {noun}".strip())]
-    if color:
-        caps.append(f"{art(noun)} in {color}")
-    if parts:
-        caps.append(f"{art(f'{adj} {noun}'.strip())} with {parts}")
-        caps.append(f"{art(noun)} with {parts}")
-    if shape and color:
-        caps.append(f"{art(f'{color} {noun}')} that is {shape}")
-    if name:
-        caps.append(f"the {name} {noun}" + (f" in {color}" if color else ""))
-    if len(caps) == 1:
-        caps.append(f"a 3D model of {art(noun)}")
-    return list(dict.fromkeys(caps))  # unique, order kept
 
 
 def load_pix3d_json(json_path):

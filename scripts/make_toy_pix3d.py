@@ -45,15 +45,11 @@ import numpy as np
 import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# A toy model is painted only with COLOR_WORDS colours, so the colour it is given is the word its captions use.
+from meshes.captions import COLOR_WORDS  # noqa: E402
 from utils import atomic_save_image, atomic_write, write_json  # noqa: E402
 
 CATEGORIES = ["bed", "bookcase", "chair", "desk", "misc", "sofa", "table", "tool", "wardrobe"]
-# Plain colour names -> sRGB; the same values generate_jsonl.py uses to name a measured material colour.
-COLORS = {
-    "white": (235, 235, 230), "black": (25, 25, 25), "gray": (128, 128, 128), "brown": (110, 70, 40),
-    "red": (190, 30, 30), "blue": (40, 70, 180), "green": (50, 140, 60), "yellow": (230, 200, 40),
-    "orange": (230, 120, 30), "pink": (235, 150, 180), "beige": (215, 195, 160), "purple": (120, 50, 150),
-}
 # Part kinds that are counted in attributes["parts"] -> the key they are counted under. The OBJ holds
 # exactly attributes["parts"][key] objects named <kind>_<i> for each (tests rely on that).
 COUNTED = {"leg": "legs", "arm": "arms", "slat": "slats", "shelf": "shelves", "drawer": "drawers",
@@ -422,7 +418,7 @@ def build_model(category, rng):
     """
     if category not in BUILDERS:
         raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
-    names = list(COLORS)
+    names = list(COLOR_WORDS)
     main = _pick(rng, names)
     accent = _pick(rng, [c for c in names if c != main])
     m = _Parts()
@@ -469,7 +465,7 @@ def obj_text(parts):
 def mtl_text(colors):
     blocks = []
     for name in sorted(set(colors)):
-        r, g, b = (c / 255 for c in COLORS[name])
+        r, g, b = (c / 255 for c in COLOR_WORDS[name])
         blocks.append(f"newmtl {name}\nKa 0.0 0.0 0.0\nKd {r:.4f} {g:.4f} {b:.4f}\nKs 0.0 0.0 0.0\nd 1.0\nillum 1\n")
     return "\n".join(blocks)
 

@@ -1,10 +1,11 @@
-"""generate_jsonl on hand-written entries with real Pix3D paths, and its caption builder."""
+"""generate_jsonl on hand-written entries with real Pix3D paths, and the caption vocabulary (meshes/captions.py)."""
 import json
 
 import numpy as np
 import pytest
 import trimesh
 
+from meshes import captions
 from scripts import generate_jsonl as gj
 
 REAL_MODELS = [("chair", "IKEA_POANG_1"), ("chair", "IKEA_EKENAS"), ("bed", "IKEA_MALM_2"), ("bed", "IKEA_HEMNES"),
@@ -119,6 +120,23 @@ def test_malformed_json_names_file_and_position(tmp_path):
 def test_model_ids_and_names():
     assert gj.model_id_of("model/chair/IKEA_POANG_1/model.obj") == "chair/IKEA_POANG_1"
     assert gj.model_id_of("model/misc/foo/bar.obj") == "misc/foo/bar"
-    assert gj.readable_name("sofa/IKEA_EKTORP_2") == "IKEA EKTORP"
-    assert gj.parts_phrase({"legs": 4, "arms": 2}) == "two arms and four legs"
-    assert gj.color_word((250, 250, 250)) == "white" and gj.color_word((100, 65, 35)) == "brown"
+    assert captions.readable_name("sofa/IKEA_EKTORP_2") == "IKEA EKTORP"
+    assert captions.parts_phrase({"legs": 4, "arms": 2}) == "two arms and four legs"
+    assert captions.parts_phrase({"shelves": 1, "drawers": 0}) == "one shelf"
+    assert captions.color_word((250, 250, 250)) == "white" and captions.color_word((100, 65, 35)) == "brown"
+
+
+def test_every_colour_word_names_itself():
+    for word, rgb in captions.COLOR_WORDS.items():
+        assert captions.color_word(rgb) == word
+
+
+def test_captions_say_only_what_is_known():
+    # Known only by its category: one caption, no filler template.
+    assert captions.build_captions("chair", {}) == ["a chair"]
+    assert captions.build_captions("misc", {}) == ["an object"]
+    caps = captions.build_captions("bookcase", {"color": "white", "shape": "tall", "parts": {"shelves": 5}},
+                                   name="IKEA BILLY")
+    assert caps == ["a tall white bookcase", "a bookcase in white", "a tall white bookcase with five shelves",
+                    "a bookcase with five shelves", "a white bookcase that is tall", "the IKEA BILLY bookcase in white"]
+    assert all("3D model" not in c for c in caps)

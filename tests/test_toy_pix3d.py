@@ -12,6 +12,7 @@ import pytest
 import trimesh
 from PIL import Image, ImageDraw
 
+from meshes.captions import COLOR_WORDS, measure_mesh
 from scripts import make_toy_pix3d as toy
 
 # The fields of every entry of the real pix3d.json, in its order.
@@ -249,7 +250,9 @@ def test_attributes_are_true_of_the_geometry(dataset):
         by_mat = {g.visual.material.name: g.area for g in scene.geometry.values()}
         assert max(by_mat, key=by_mat.get) == attrs["color"]
         for name, rgb in kd.items():
-            assert np.allclose(rgb * 255, toy.COLORS[name], atol=0.1)
+            assert np.allclose(rgb * 255, COLOR_WORDS[name], atol=0.1)
+        # the caption side measures the same colour word from the files on disk
+        assert measure_mesh(folder / "model.obj")["color"] == attrs["color"], folder
         # size = bounding box extents, model centred
         lo, hi = verts.min(0), verts.max(0)
         assert np.allclose(hi - lo, [attrs["size"][k] for k in ("width", "height", "depth")], atol=2e-3)
@@ -298,9 +301,9 @@ def test_build_model_ranges():
         styles = set()
         for i in range(25):
             parts, attrs = toy.build_model(category, np.random.default_rng([7, c, i]))
-            assert attrs["color"] in toy.COLORS and next(iter(attrs["colors"])) == attrs["color"]
+            assert attrs["color"] in COLOR_WORDS and next(iter(attrs["colors"])) == attrs["color"]
             assert attrs["colors"][attrs["color"]] > 0.5 and abs(sum(attrs["colors"].values()) - 1) < 1e-3
-            assert all(color in toy.COLORS for _, color in parts)
+            assert all(color in COLOR_WORDS for _, color in parts)
             assert 0 < sum(len(m.faces) for m, _ in parts) < 5000
             for key, n in attrs["parts"].items():
                 assert isinstance(n, int) and n in ranges[key], (category, key, n)
