@@ -10,13 +10,13 @@ unit sphere, white background), each view goes through the captioner's CLIP (the
 trained on), the normalised view embeddings are averaged into the shape embedding, and the decoder writes.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from meshes.render import render_views
 from models.caption_decoder import DECODES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -38,34 +38,6 @@ def find_inputs(path):
     if len(objs) == 1:
         return "obj", objs[0]
     raise ValueError(f"{path}: " + (f"{len(objs)} .obj files; name one" if objs else "no images and no .obj file"))
-
-
-def render_views(obj_path, size=224, save_dir=None):
-    """The 12 training-style renders of an .obj, as PIL images (saved as view_XX.png when save_dir is given)."""
-    from PIL import Image
-
-    from scripts import render_objs as ro  # sets PYOPENGL_PLATFORM before pyrender is imported
-    from utils import atomic_save_image
-
-    try:
-        scene = ro.normalize_scene(ro.load_model(obj_path))
-    except ro.MeshError as e:
-        raise ValueError(f"{obj_path}: {e}") from None
-    try:
-        renderer = ro.OffscreenRenderer(size, size)
-    except Exception as e:  # EGL / OSMesa missing or broken: say what to install, not a GL traceback
-        raise OSError(f"{ro.NO_GL} (PYOPENGL_PLATFORM={os.environ.get('PYOPENGL_PLATFORM')}): "
-                      f"{type(e).__name__}: {' '.join(str(e).split())[:200]}; see scripts/check_system.sh, "
-                      f"or pass a folder of renders instead") from None
-    images = []
-    with renderer:
-        renderer.set_model(scene)
-        for i, cam in enumerate(ro.view_cameras()):
-            rgb, _ = renderer.render(cam["pose"], cam["yfov"])
-            images.append(Image.fromarray(rgb))
-            if save_dir:
-                atomic_save_image(images[-1], Path(save_dir) / ro.view_name(i))
-    return images
 
 
 @torch.no_grad()

@@ -1,10 +1,10 @@
 """Rendering throughput: one reused renderer vs a new one per image (the seed's way), and 1 vs 2 workers.
 
-    PYOPENGL_PLATFORM=egl .venv/bin/python bench/bench_render.py [--models 8] [--cli_models 96] [--size 224]
+    .venv/bin/python bench/bench_render.py [--models 8] [--cli_models 96] [--size 224]
 
 Generates furniture-like meshes (2-4k faces, one material per part) in a temp folder and measures
 views/second for
-  (a)  one OffscreenRenderer reused for every model and view (what render_objs.py does);
+  (a)  one OffscreenRenderer (meshes/render.py) reused for every model and view, as render_objs.py does;
   (b)  a new renderer per image, same shader: isolates what reusing the GL context buys;
   (b0) the seed: a new stock pyrender.OffscreenRenderer + scene per image (pyrender's PBR shader);
   (c)  the CLI, scripts/render_objs.py in a subprocess writing PNGs + views.json, with 1 and 2 workers.
@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests"))
-import render_objs as ro  # noqa: E402
-from test_render import write_obj  # noqa: E402  (.obj + .mtl writer shared with the tests)
+sys.path.insert(0, str(ROOT))
+from meshes.geometry import load_model, normalize_scene, view_cameras  # noqa: E402
+from meshes.objfile import write_obj  # noqa: E402
+from meshes.render import OffscreenRenderer, configure_gl  # noqa: E402
 
 
 def furniture(k, rng):
@@ -72,51 +71,56 @@ def write_models(root, n):
 
 def bench_reused(objs, cameras, size):
     t = time.perf_counter()
-    renderer = ro.OffscreenRenderer(size, size)  # creation counted: it is part of a real run
+    renderer = OffscreenRenderer(size, size)  # creation counted: it is part of a real run
     for obj in objs:
-        renderer.set_model(ro.normalize_scene(ro.load_model(obj)))
+        renderer.set_model(normalize_scene(load_model(obj)))
         for cam in cameras:
             renderer.render(cam["pose"], cam["yfov"])
     renderer.close()
     return len(objs) * len(cameras) / (time.perf_counter() - t)
 
 
-def bench_per_image(objs, cameras, size):
-    """Our renderer, but built and deleted for every image: GL context + shader compile each time."""
+def views_per_second(objs, cameras, render_one):
+    """Views/s of render_one(normalized scene, camera), called once per model and camera."""
     t = time.perf_counter()
     for obj in objs:
-        scene = ro.normalize_scene(ro.load_model(obj))
+        scene = normalize_scene(load_model(obj))
         for cam in cameras:
-            renderer = ro.OffscreenRenderer(size, size)
+            render_one(scene, cam)
+    return len(objs) * len(cameras) / (time.perf_counter() - t)
+
+
+def bench_per_image(objs, cameras, size):
+    """Our renderer, but built and deleted for every image: GL context + shader compile each time."""
+    def render_one(scene, cam):
+        with OffscreenRenderer(size, size) as renderer:
             renderer.set_model(scene)
             renderer.render(cam["pose"], cam["yfov"])
-            renderer.close()
-    return len(objs) * len(cameras) / (time.perf_counter() - t)
+
+    return views_per_second(objs, cameras, render_one)
 
 
 def bench_seed(objs, cameras, size):
     """The seed's way: stock pyrender (PBR shader, one mesh per part), a new renderer per image."""
     import pyrender
 
-    t = time.perf_counter()
-    for obj in objs:
-        scene = ro.normalize_scene(ro.load_model(obj))
-        for cam in cameras:
-            renderer = pyrender.OffscreenRenderer(size, size)
-            pscene = pyrender.Scene(bg_color=[1.0, 1.0, 1.0, 1.0], ambient_light=[0.3] * 3)
-            for node in scene.graph.nodes_geometry:
-                transform, name = scene.graph[node]
-                pscene.add(pyrender.Mesh.from_trimesh(scene.geometry[name]), pose=transform)
-            pscene.add(pyrender.PerspectiveCamera(yfov=math.radians(cam["yfov"])), pose=cam["pose"])
-            pscene.add(pyrender.DirectionalLight(intensity=3.0), pose=cam["pose"])
-            renderer.render(pscene)
-            renderer.delete()
-    return len(objs) * len(cameras) / (time.perf_counter() - t)
+    def render_one(scene, cam):
+        renderer = pyrender.OffscreenRenderer(size, size)
+        pscene = pyrender.Scene(bg_color=[1.0, 1.0, 1.0, 1.0], ambient_light=[0.3] * 3)
+        for node in scene.graph.nodes_geometry:
+            transform, name = scene.graph[node]
+            pscene.add(pyrender.Mesh.from_trimesh(scene.geometry[name]), pose=transform)
+        pscene.add(pyrender.PerspectiveCamera(yfov=math.radians(cam["yfov"])), pose=cam["pose"])
+        pscene.add(pyrender.DirectionalLight(intensity=3.0), pose=cam["pose"])
+        renderer.render(pscene)
+        renderer.delete()
+
+    return views_per_second(objs, cameras, render_one)
 
 
 def bench_cli(obj_dir, out_dir, workers, n_views, size):
     cmd = [sys.executable, str(ROOT / "scripts/render_objs.py"), "--obj_dir", str(obj_dir),
-           "--output_dir", str(out_dir), "--workers", str(workers), "--n_views", str(n_views), "--size", str(size)]
+           "--out_dir", str(out_dir), "--workers", str(workers), "--n_views", str(n_views), "--size", str(size)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t
@@ -134,13 +138,14 @@ def main():
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=2, help="runs of (a) and of each CLI setting (best is kept)")
     args = p.parse_args()
+    configure_gl()  # before bench_seed imports pyrender
 
     with tempfile.TemporaryDirectory() as tmp:
         faces = write_models(Path(tmp) / "model", args.models)
         cli_dir = Path(tmp) / "cli_model"
         faces += write_models(cli_dir, args.cli_models)
         objs = sorted((Path(tmp) / "model").rglob("*.obj"))
-        cameras = ro.view_cameras(args.views)
+        cameras = view_cameras(args.views)
         print(f"models with {min(faces)}-{max(faces)} faces, {args.views} views, {args.size}px, "
               f"{os.cpu_count()} CPUs, PYOPENGL_PLATFORM={os.environ['PYOPENGL_PLATFORM']}, "
               f"load average before: {os.getloadavg()[0]:.2f}")

@@ -69,7 +69,7 @@ def main():
     print(f"({time.time() - t:.0f}s)")
 
     t = step("2/9 render 12 views per model")
-    rc = render_objs.main(["--obj_dir", str(DATA / "model"), "--output_dir", str(DATA / "renders"), "--workers", "2"])
+    rc = render_objs.main(["--obj_dir", str(DATA / "model"), "--out_dir", str(DATA / "renders"), "--workers", "2"])
     if rc:
         raise SystemExit(f"rendering failed (exit {rc}); see {DATA / 'renders/failures.jsonl'}")
     print(f"({time.time() - t:.0f}s)")

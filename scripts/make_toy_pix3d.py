@@ -36,7 +36,6 @@ import argparse
 import io
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -656,11 +655,11 @@ def clean_output(out):
 def generate(out, seed=0, models_per_category=35, photos_per_model=2, photo_size=256, categories=None,
              progress=True):
     """Write the toy dataset into `out`; returns the pix3d.json entries."""
-    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     from PIL import Image
     from tqdm import tqdm
 
-    from scripts.render_objs import OffscreenRenderer, load_model, look_at
+    from meshes.geometry import load_model, look_at
+    from meshes.render import OffscreenRenderer
 
     categories = list(CATEGORIES if categories is None else categories)
     unknown = [c for c in categories if c not in CATEGORIES]

@@ -1,9 +1,11 @@
-"""Tests for scripts/render_objs.py on tiny meshes written to tmp_path (headless EGL, ~64 px).
+"""Tests for the renderer (meshes/geometry.py, meshes/render.py) and its CLI scripts/render_objs.py, on tiny
+meshes written to tmp_path (headless EGL, ~64 px).
 
-    PYOPENGL_PLATFORM=egl .venv/bin/python -m pytest -q tests/test_render.py
+    .venv/bin/python -m pytest -q tests/test_render.py
 """
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,29 +14,11 @@ import pytest
 import trimesh
 from PIL import Image
 
-os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import render_objs as ro  # noqa: E402
+from meshes import geometry, render
+from meshes.objfile import write_obj
+from scripts import render_objs
 
 SMALL = ["--n_views", "6", "--size", "64", "--elevations", "15,40"]  # 3 azimuths x 2 elevations
-
-
-def write_obj(path, parts, texture=None):
-    """Write parts [(trimesh, (r, g, b))] as one .obj with a .mtl holding one Kd material per part.
-    texture: an image file name to reference with map_Kd (the .obj gets no vt lines)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    obj, mtl, offset = [f"mtllib {path.stem}.mtl"], [], 1
-    for k, (mesh, rgb) in enumerate(parts):
-        mtl += [f"newmtl m{k}", "Kd %.3f %.3f %.3f" % tuple(c / 255 for c in rgb)]
-        if texture:
-            mtl.append(f"map_Kd {texture}")
-        obj += [f"o part{k}", f"usemtl m{k}"] + ["v %.6f %.6f %.6f" % tuple(v) for v in mesh.vertices]
-        obj += ["f %d %d %d" % tuple(f + offset) for f in mesh.faces]
-        offset += len(mesh.vertices)
-    path.write_text("\n".join(obj) + "\n")
-    (path.parent / f"{path.stem}.mtl").write_text("\n".join(mtl) + "\n")
-    return path
 
 
 def chair_like(path):
@@ -51,7 +35,7 @@ def cone_model(path):
 
 
 def run(tmp_path, *extra, obj_dir="model", out="renders"):
-    return ro.main(["--obj_dir", str(tmp_path / obj_dir), "--output_dir", str(tmp_path / out), *SMALL, *extra])
+    return render_objs.main(["--obj_dir", str(tmp_path / obj_dir), "--out_dir", str(tmp_path / out), *SMALL, *extra])
 
 
 def summary(capsys):
@@ -63,9 +47,23 @@ def views(folder, n=6):
 
 
 # ----------------------------------------------------------------------------- geometry helpers
+def test_write_obj_round_trip(tmp_path):
+    """What write_obj writes loads back in trimesh as the same parts, vertices and colours."""
+    box = trimesh.creation.box((1.0, 0.5, 0.25))
+    cone = trimesh.creation.cone(0.3, 0.8)
+    path = write_obj(tmp_path / "pair.obj", [(box, (200, 30, 30)), (cone, (30, 60, 200))])
+    assert (tmp_path / "pair.mtl").is_file()
+    scene = trimesh.load(path, force="scene", process=False)
+    by_colour = {tuple(np.round(np.asarray(g.visual.material.main_color[:3]) / 5) * 5): g
+                 for g in scene.geometry.values()}
+    assert set(by_colour) == {(200, 30, 30), (30, 60, 200)}
+    np.testing.assert_allclose(by_colour[(200, 30, 30)].area, box.area, rtol=1e-4)
+    np.testing.assert_allclose(by_colour[(30, 60, 200)].bounds, cone.bounds, atol=1e-5)
+
+
 def test_look_at_points_minus_z_at_target():
     eye, target = np.array([1.0, 2.0, 3.0]), np.array([0.2, -0.1, 0.4])
-    pose = ro.look_at(eye, target)
+    pose = geometry.look_at(eye, target)
     rot = pose[:3, :3]
     np.testing.assert_allclose(rot.T @ rot, np.eye(3), atol=1e-12)
     assert np.linalg.det(rot) == pytest.approx(1.0)
@@ -73,12 +71,12 @@ def test_look_at_points_minus_z_at_target():
     np.testing.assert_allclose(forward, (target - eye) / np.linalg.norm(target - eye), atol=1e-12)
     assert rot[1, 1] > 0  # camera up has a positive world-Y component
     np.testing.assert_allclose(pose[:3, 3], eye)
-    top = ro.look_at((0, 5, 0))  # straight down along `up`: still a valid rotation
+    top = geometry.look_at((0, 5, 0))  # straight down along `up`: still a valid rotation
     np.testing.assert_allclose(top[:3, :3].T @ top[:3, :3], np.eye(3), atol=1e-12)
 
 
 def test_view_cameras_rings():
-    cams = ro.view_cameras(12, (15.0, 40.0), distance=2.0)
+    cams = geometry.view_cameras(12, (15.0, 40.0), distance=2.0)
     assert len(cams) == 12
     assert sorted({c["elevation"] for c in cams}) == [15.0, 40.0]
     assert sorted({c["azimuth"] for c in cams}) == [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]
@@ -88,30 +86,30 @@ def test_view_cameras_rings():
         elev = np.degrees(np.arcsin(pose[1, 3] / 2.0))
         assert elev == pytest.approx(c["elevation"])
     with pytest.raises(ValueError):
-        ro.view_cameras(7, (15.0, 40.0))
+        geometry.view_cameras(7, (15.0, 40.0))
 
 
 def test_normalize_scene_fits_unit_sphere(tmp_path):
-    scene = ro.load_model(chair_like(tmp_path / "a.obj"))
+    scene = geometry.load_model(chair_like(tmp_path / "a.obj"))
     scene.apply_translation((5.0, -3.0, 2.0))
-    norm = ro.normalize_scene(scene)
-    verts = ro._scene_vertices(norm)
+    norm = geometry.normalize_scene(scene)
+    verts = geometry.scene_vertices(norm)
     np.testing.assert_allclose((verts.min(0) + verts.max(0)) / 2, 0, atol=1e-9)
     assert np.linalg.norm(verts, axis=1).max() == pytest.approx(1.0)
-    assert ro._scene_vertices(scene)[:, 0].min() > 3  # the input was not modified
+    assert geometry.scene_vertices(scene)[:, 0].min() > 3  # the input was not modified
     # A stray vertex no face uses (some exporters leave them) must not shrink the model.
     box = trimesh.creation.box((2.0, 1.0, 1.0))
     stray = trimesh.Trimesh(np.vstack([box.vertices, [50.0, 50.0, 50.0]]), box.faces, process=False)
-    verts = ro._scene_vertices(ro.normalize_scene(trimesh.Scene([stray])))
+    verts = geometry.scene_vertices(geometry.normalize_scene(trimesh.Scene([stray])))
     np.testing.assert_allclose(np.abs(verts).max(0), np.array([2.0, 1.0, 1.0]) / np.sqrt(6), rtol=1e-6)
 
 
 def test_render_matches_projected_vertices(tmp_path):
     """Silhouette bbox and depth range agree with a pinhole projection of the vertices (pose + intrinsics)."""
-    scene = ro.normalize_scene(ro.load_model(chair_like(tmp_path / "a.obj")))
-    verts = ro._scene_vertices(scene)
-    cam = ro.view_cameras(6, (15.0, 40.0))[4]
-    with ro.OffscreenRenderer(96, 96) as renderer:
+    scene = geometry.normalize_scene(geometry.load_model(chair_like(tmp_path / "a.obj")))
+    verts = geometry.scene_vertices(scene)
+    cam = geometry.view_cameras(6, (15.0, 40.0))[4]
+    with render.OffscreenRenderer(96, 96) as renderer:
         renderer.set_model(scene)
         rgb, depth, K = renderer.render(cam["pose"], cam["yfov"], intrinsics_out=True)
     pts = (np.linalg.inv(np.array(cam["pose"])) @ np.c_[verts, np.ones(len(verts))].T)[:3].T
@@ -177,8 +175,8 @@ def test_bad_meshes_are_logged_and_skipped(tmp_path, capsys):
                        "bad/nofaces/model.obj": "no faces"}
     assert run(tmp_path, "--strict") != 0  # good one skipped, the 3 bad ones fail again
     assert summary(capsys) == "rendered 0, skipped 1, failed 3"
-    with pytest.raises(ro.MeshError, match="file not found"):
-        ro.load_model(tmp_path / "missing.obj")
+    with pytest.raises(geometry.MeshError, match="file not found"):
+        geometry.load_model(tmp_path / "missing.obj")
 
 
 def test_nothing_renderable_exits_nonzero(tmp_path, capsys):
@@ -217,6 +215,13 @@ def test_nested_layout_and_multi_obj_folders(tmp_path, capsys):
     assert done == ["chair/A", "chair/B", "table/pair/left", "table/pair/right"]
     a, b = views(tmp_path / "renders/chair/A"), views(tmp_path / "renders/chair/B")
     assert np.abs(a[0].astype(int) - b[0].astype(int)).mean() > 5  # distinct models, distinct renders
+    # The run's contact sheet: one row per category (chair, table), view_00 of each model, 96 px cells
+    # with a 14 px label strip; a 64 px render is pasted unscaled in the middle of its cell.
+    sheet = np.asarray(Image.open(tmp_path / "renders/contact_sheet.png"))
+    assert sheet.shape == (2 * (96 + 14), 2 * 96, 3)
+    for row, col, folder in [(0, 0, "chair/A"), (0, 1, "chair/B"), (1, 0, "table/pair/left"), (1, 1, "table/pair/right")]:
+        y, x = row * (96 + 14) + 16, col * 96 + 16
+        np.testing.assert_array_equal(sheet[y:y + 64, x:x + 64], views(tmp_path / "renders" / folder, 1)[0])
 
 
 def test_texture_without_uv_falls_back_to_flat_colour(tmp_path, capsys):
@@ -266,6 +271,8 @@ def test_shards_partition_models(tmp_path, capsys):
     both = {p.parent.name for p in (tmp_path / "renders").rglob("views.json")}
     assert first == {"m0", "m2", "m4"}  # sorted index % 2 == 0
     assert both - first == {"m1", "m3"}
+    assert {p.name for p in (tmp_path / "renders").glob("*.png")} == {"contact_sheet_shard0of2.png",
+                                                                      "contact_sheet_shard1of2.png"}
 
 
 def test_two_workers_match_one_worker(tmp_path, capsys):
@@ -284,9 +291,89 @@ def test_contact_sheet(tmp_path):
     for k in range(5):
         paths.append(tmp_path / f"{k}.png")
         Image.new("RGB", (64, 64), (k * 50, 0, 0)).save(paths[-1])
-    out = ro.contact_sheet(paths, tmp_path / "sheet.png", ncols=3, thumb=32, labels=list("abcde"))
+    out = render.contact_sheet(paths, tmp_path / "sheet.png", ncols=3, thumb=32, labels=list("abcde"))
     sheet = np.asarray(Image.open(out))
     assert sheet.shape == (2 * (32 + 14), 3 * 32, 3)
     assert tuple(sheet[10, 16]) == (0, 0, 0) and tuple(sheet[10, 80]) == (100, 0, 0)
     assert tuple(sheet[46 + 10, 16]) == (150, 0, 0)  # second row starts with image 3
     assert tuple(sheet[46 + 10, 80]) == (255, 255, 255)  # no sixth image: blank cell
+    gap = np.asarray(Image.open(render.contact_sheet([paths[0], None, paths[2]], tmp_path / "gap.png", thumb=32)))
+    assert gap.shape == (32, 96, 3) and tuple(gap[10, 48]) == (255, 255, 255) and tuple(gap[10, 80]) == (100, 0, 0)
+    with pytest.raises(ValueError):
+        render.contact_sheet([None, None], tmp_path / "none.png")
+
+
+# ----------------------------------------------------------------------------- library entry points
+def test_render_views_are_the_training_views(tmp_path, capsys):
+    """render_views gives the 12 views render_objs.py writes for the dataset, and can save them alike."""
+    chair_like(tmp_path / "model/chair/A/model.obj")
+    assert render_objs.main(["--obj_dir", str(tmp_path / "model"), "--out_dir", str(tmp_path / "renders"),
+                             "--size", "64"]) == 0
+    images = render.render_views(tmp_path / "model/chair/A/model.obj", size=64, save_dir=tmp_path / "saved")
+    assert len(images) == 12
+    for img, ref in zip(images, views(tmp_path / "renders/chair/A", 12)):
+        arr = np.asarray(img)
+        assert img.size == (64, 64) and img.mode == "RGB"
+        assert 0.03 < (arr != 255).any(axis=2).mean() < 0.9  # not blank
+        assert np.abs(arr.astype(int) - ref.astype(int)).max() <= 2
+    cameras = geometry.view_cameras()
+    assert render.is_done(tmp_path / "saved", cameras, 64, 64)  # a folder render_objs.py would skip
+    assert not list((tmp_path / "saved").glob("*.tmp"))
+    assert len(render.render_views(tmp_path / "model/chair/A/model.obj", size=32)) == 12
+
+
+def test_render_views_bad_mesh_names_the_file(tmp_path):
+    bad = tmp_path / "broken.obj"
+    bad.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
+    with pytest.raises(ValueError, match=f"{bad}: no faces"):
+        render.render_views(bad, size=32)
+    with pytest.raises(ValueError, match="file not found"):
+        render.render_views(tmp_path / "missing.obj", size=32)
+
+
+def test_no_opengl_says_what_to_install(tmp_path, monkeypatch):
+    import pyrender
+
+    def no_context(*args, **kwargs):
+        raise RuntimeError("eglInitialize failed:\n  EGL_NOT_INITIALIZED")
+
+    monkeypatch.setattr(pyrender, "OffscreenRenderer", no_context)
+    with pytest.raises(OSError, match="cannot create an OpenGL context.*EGL_NOT_INITIALIZED.*libegl-mesa0.*libosmesa6"):
+        render.render_views(chair_like(tmp_path / "a.obj"), size=32)
+
+
+def test_importing_the_renderer_changes_nothing():
+    """No environment change and no pyrender (which fixes the GL platform) until a render is asked for."""
+    code = ("import os, sys; before = dict(os.environ); import meshes.render, meshes.geometry, scripts.render_objs; "
+            "print(dict(os.environ) == before, 'pyrender' in sys.modules, 'OpenGL' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYOPENGL_PLATFORM", "EGL_PLATFORM")}
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True", "False", "False"]
+
+
+def test_configure_gl_only_fills_in_defaults(monkeypatch):
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
+    monkeypatch.delenv("EGL_PLATFORM", raising=False)
+    render.configure_gl()
+    assert os.environ["PYOPENGL_PLATFORM"] == "egl" and os.environ["EGL_PLATFORM"] == "surfaceless"
+    monkeypatch.setenv("PYOPENGL_PLATFORM", "osmesa")
+    monkeypatch.delenv("EGL_PLATFORM")
+    render.configure_gl()
+    assert os.environ["PYOPENGL_PLATFORM"] == "osmesa" and "EGL_PLATFORM" not in os.environ
+    monkeypatch.setenv("PYOPENGL_PLATFORM", "egl")
+    monkeypatch.setenv("EGL_PLATFORM", "device")
+    render.configure_gl()
+    assert os.environ["EGL_PLATFORM"] == "device"
+
+
+def test_one_renderer_module_under_every_name():
+    """The CLI, the library and its fork-safety flag are one module, whichever way they are imported."""
+    import importlib
+
+    assert render_objs.OffscreenRenderer is render.OffscreenRenderer
+    assert importlib.import_module("meshes.render") is render
+    with render.OffscreenRenderer(16, 16):
+        pass
+    assert render_objs.gl_context_made() and render.gl_context_made()
