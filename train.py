@@ -1,33 +1,37 @@
-"""The one training loop: CLIP on (render, caption) pairs from usable_samples.jsonl, or on photos and renders of
-each 3D model for photo -> shape retrieval (--task=photo2shape).
+"""The one training loop, fit(), and its main use: CLIP on (render, caption) pairs from usable_samples.jsonl, or on
+photos and renders of each 3D model for photo -> shape retrieval (--task=photo2shape).
 
     python train.py                                   # the defaults below
     python train.py --train_mode=linear --lr=1e-3     # any constant below can be overridden as --key=value
     python train_clip_linear.py / python train_clip_full.py   # presets that call this loop
     python train_shape_stage2.py / python train_shape_stage3.py --init_from=weights/<stage 2 run>/best.pt
-    python train.py --resume=latest                   # continue the newest run exactly where it stopped
-    torchrun --nproc_per_node=2 train_clip_full.py    # DistributedDataParallel (NCCL on GPUs, gloo on CPU)
+    python train.py --resume=latest                   # continue the newest CLIP run exactly where it stopped
+    .venv/bin/torchrun --nproc_per_node=2 train_clip_full.py   # DistributedDataParallel (NCCL on GPUs, gloo on CPU)
 
-Each run writes logs/<run>/ (TensorBoard events, config.json) and weights/<run>/{last,best}.pt.
+Each run writes logs/<run>/ (TensorBoard events, config.json, results.json) and weights/<run>/{last,best}.pt.
+fit(cfg, task) owns everything a training run shares (resume, gradient accumulation, clipping, AMP, DDP, the
+non-finite guard, TensorBoard, validation, early stopping, atomic checkpoints, Ctrl-C / SIGTERM); a task
+(tasks/) supplies the model, the batches, one step's losses and the validation metrics. train_captioner.py runs
+the captioner task through the same fit().
 """
+import contextlib
 import glob
 import math
 import os
-import random
+import secrets
+import signal
+import threading
 import time
+import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from eval_recall import evaluate_retrieval
-from eval_shape_retrieval import evaluate_photo2shape
-from features import cached_features, encode_dataset
-from models.clip_wrapper import CLIPWrapper, load_clip, model_label, tokenize
-from models.losses import ShapeLoss, build_loss, parse_shape_loss
-from multiview_dataset import MultiViewDataset, PKSampler, ShapeImageDataset
-from utils import apply_overrides, atomic_torch_save, get_device, set_seed, write_json
+from tasks.photo2shape import Photo2Shape
+from tasks.text2shape import Text2Shape
+from utils import (apply_overrides, atomic_torch_save, autocast_dtype, rng_state, set_rng_state, set_seed,
+                   setup_distributed, warmup_cosine, write_json)
 
 # ----------------------------------------------------------------------------- config (edit, or --key=value)
 data_jsonl = "data/pix3d_toy/usable_samples.jsonl"  # written by scripts/generate_jsonl.py
@@ -53,9 +57,12 @@ select_metric = ""          # val metric for best.pt and early stopping; "" = th
 num_workers = 2             # DataLoader workers
 device = "auto"             # auto = cuda when present, else cpu
 seed = 0
-run_name = ""               # default: <timestamp>-<train_mode>-<clip_model>
+run_name = ""               # default: <timestamp>-<train_mode>-<clip_model>-<random suffix>
 resume = ""                 # a last.pt path, or "latest"
 stop_after_epochs = 0       # stop (resumably) after this many epochs in this process, e.g. for time-limited jobs
+max_steps = 0               # end the run after this many optimizer steps (0 = no limit), as an epoch end would:
+                            # validation, last.pt and best.pt; for a quick try of a real-size model
+log_every = 10              # optimizer steps between TensorBoard points (each costs a device -> host sync)
 logs_dir = "logs"
 weights_dir = "weights"
 cache_dir = "data/cache"    # frozen features for linear probing
@@ -74,436 +81,320 @@ keep_hard_photos = False    # keep truncated / occluded photos (Pix3D's evaluati
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and isinstance(v, (int, float, str, bool)) and k != "DEFAULTS"}
-SCALE_MAX = math.log(100.0)  # CLIP's temperature clamp: logit scale <= 100
-TASKS = ("text2shape", "photo2shape")
-SELECT_DEFAULT = {"text2shape": "mean_recall", "photo2shape": "photo2shape_mAP"}
+TASKS = {"text2shape": Text2Shape, "photo2shape": Photo2Shape}
+# Folders come from the command that runs, never from a loaded checkpoint (it must not choose where files go).
+OUTPUT_KEYS = ("logs_dir", "weights_dir", "cache_dir", "run_name")
+AT_LEAST_ONE = ("epochs", "batch_size", "grad_accum", "draws_per_model", "patience", "log_every", "pk_models",
+                "pk_images", "max_len", "width", "layers", "heads", "prefix_len")
+NOT_NEGATIVE = ("lr", "weight_decay", "warmup_steps", "grad_clip", "max_steps", "stop_after_epochs", "num_workers",
+                "pk_photos", "triplet_margin", "center_weight", "ce_weight", "photo_margin", "w_align",
+                "w_contrastive", "dropout", "view_aug", "embed_noise")
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-# ----------------------------------------------------------------------------- distributed
-def setup_distributed(cfg):
-    """(rank, world_size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = get_device(cfg["device"])
-    if world == 1:
-        return 0, 1, dev
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if dev == "cuda":
-        torch.cuda.set_device(local_rank)
-        dev = f"cuda:{local_rank}"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size(), dev
-
-
-def autocast_dtype(dev, enabled):
-    """The AMP dtype for this hardware, or None (fp32)."""
-    if not enabled:
-        return None
-    if dev.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else None
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def rng_state():
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-
-
-def load_init(model, cfg):
-    """Load the model weights of `init_from` (a train.py checkpoint) over the base weights; nothing else of that
-    run (optimizer, step, config) comes along: this starts a new run. Returns the loaded tensors."""
-    path = Path(cfg["init_from"])
-    if not path.exists():
-        raise FileNotFoundError(f"--init_from={path}: not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "model" not in ckpt:
-        raise ValueError(f"--init_from={path}: not a train.py checkpoint (no 'model' entry)")
-    src = ckpt.get("config", {})
-    for key in ("clip_model", "clip_weights"):
-        if src.get(key, cfg[key]) != cfg[key]:
-            raise ValueError(f"--init_from={path}: trained with {key}={src[key]!r}, this run has {cfg[key]!r}")
-    unknown = set(ckpt["model"]) - set(model.state_dict())
-    if unknown:
-        raise ValueError(f"--init_from={path}: tensors this {cfg['clip_model']} model lacks: {sorted(unknown)[:5]}")
-    model.load_state_dict(ckpt["model"], strict=False)
-    return ckpt["model"]
-
-
-def find_latest(weights_root):
-    found = glob.glob(os.path.join(weights_root, "*", "last.pt"))
-    if not found:
-        raise FileNotFoundError(f"--resume=latest: no {weights_root}/*/last.pt found")
-    return max(found, key=os.path.getmtime)
-
-
-# ----------------------------------------------------------------------------- linear probing: cached features
-def linear_cache(wrapper, cfg, split, preprocess, dev):
-    identity = {k: cfg[k] for k in ("clip_model", "clip_weights", "init_from")}
-    identity["seed"] = cfg["seed"] if cfg["clip_model"] == "tiny" else ""  # a random init depends on it
-    return cached_features(wrapper, preprocess, cfg["data_jsonl"], split, dev, cfg["cache_dir"], identity,
-                           cfg["num_workers"])
-
-
-def linear_batches(feats, n_models, cfg, rank, world):
-    """Index batches (view row, text row) for one epoch: draws_per_model random pairs per model."""
-    views_of = [torch.nonzero(feats["image_model"] == m).flatten() for m in range(n_models)]
-    texts_of = [torch.nonzero(feats["text_model"] == m).flatten() for m in range(n_models)]
-    models = torch.arange(n_models).repeat(cfg["draws_per_model"])
-    models = models[torch.randperm(len(models))]
-    v = torch.stack([views_of[m][torch.randint(len(views_of[m]), ())] for m in models.tolist()])
-    t = torch.stack([texts_of[m][torch.randint(len(texts_of[m]), ())] for m in models.tolist()])
-    step = cfg["batch_size"] * world
-    for i in range(0, len(models) - step + 1, step):  # drop the ragged last batch: tiny batches hurt contrastive
-        sl = slice(i + rank * cfg["batch_size"], i + (rank + 1) * cfg["batch_size"])
-        yield v[sl], t[sl], models[sl]
-
-
-# ----------------------------------------------------------------------------- photo2shape
-class PhotoShapeNet(torch.nn.Module):
-    """CLIP and the metric loss in one module, so that DDP synchronises the loss's own parameters too."""
-
-    def __init__(self, wrapper, shape_loss):
-        super().__init__()
-        self.wrapper, self.shape_loss = wrapper, shape_loss
-
-    def forward(self, images, ids, tokens=None, text_ids=None):
-        img = self.wrapper.encode_image(images).float()
-        txt = self.wrapper.encode_text(tokens).float() if tokens is not None else None
-        return self.shape_loss(img, ids, txt, text_ids, self.wrapper.logit_scale.exp())
-
-
-def collate_photo2shape(batch, with_text):
-    """(images, model indices, tokens, text model indices): one caption per model of the batch (not one per image:
-    the K images of a model share it, and the text tower costs about as much per row as the image tower)."""
-    images, ids = torch.stack([x[0] for x in batch]), torch.tensor([x[2] for x in batch])
-    if not with_text:
-        return images, ids, None, None
-    first = {}
-    for _, caption, m in batch:
-        first.setdefault(m, caption)
-    return images, ids, tokenize(list(first.values())), torch.tensor(list(first))
-
-
-def photo2shape_loader(cfg, tf, rank, world):
-    """Photos + renders of the training split in P x K batches (see collate_photo2shape)."""
-    ds = ShapeImageDataset(cfg["data_jsonl"], "train", tf, keep_hard=cfg["keep_hard_photos"],
-                           margin=cfg["photo_margin"], apply_mask=cfg["photo_mask"])
-    sampler = PKSampler(ds.labels, ds.is_photo, cfg["pk_models"], cfg["pk_images"], cfg["pk_photos"],
-                        seed=cfg["seed"], rank=rank, world_size=world)
-    with_text = "supcon" in parse_shape_loss(cfg["shape_loss"])
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg["num_workers"],
-                                         collate_fn=lambda b: collate_photo2shape(b, with_text))
-    n_photos = sum(ds.is_photo)
-    summary = (f"photo2shape train: {n_photos} photos ({ds.n_hard_skipped} truncated/occluded left out) and "
-               f"{len(ds) - n_photos} renders of {len(ds.model_ids)} models; P x K = {cfg['pk_models']} x "
-               f"{cfg['pk_images']}; {sampler.n_skipped} models skipped (fewer than two images)")
-    return loader, sampler, len(ds.model_ids), summary
-
-
-# ----------------------------------------------------------------------------- validation
-@torch.no_grad()
-def validate(wrapper, cfg, preprocess, dev, val_cache=None):
-    if cfg["task"] == "photo2shape":
-        return evaluate_photo2shape(wrapper, preprocess, cfg["data_jsonl"], "val", dev, cfg["keep_hard_photos"],
-                                    cfg["photo_margin"], cfg["photo_mask"], batch_size=cfg["batch_size"],
-                                    num_workers=cfg["num_workers"])
-    if val_cache is not None:
-        feats, ds = val_cache
-        img = wrapper.project_image(feats["image"].to(dev)).float().cpu()
-        txt = wrapper.project_text(feats["text"].to(dev)).float().cpu()
-        feats = dict(feats, image=img, text=txt)
-    else:
-        ds = MultiViewDataset(cfg["data_jsonl"], "val", preprocess, mode="eval")
-        feats = encode_dataset(wrapper, ds, dev, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
-    metrics = evaluate_retrieval(feats["image"], feats["image_model"], feats["text"], feats["text_model"])
-    recalls = [v for k, v in metrics.items() if "_R@" in k and "/" not in k]
-    metrics["mean_recall"] = float(sum(recalls) / len(recalls))
-    return metrics
-
-
-def param_groups(wrapper, weight_decay):
-    """AdamW groups: no weight decay on biases, norm gains, embeddings' 1-d params and the temperature."""
-    decay, no_decay = [], []
-    for name, p in wrapper.model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exempt = p.ndim < 2 or "ln_" in name or "bn" in name or "bias" in name or "logit_scale" in name
-        (no_decay if exempt else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_lambda(warmup, total):
-    def f(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return f
-
-
-# ----------------------------------------------------------------------------- main
-def main(argv=None, preset=None):
-    cfg = dict(DEFAULTS, **(preset or {}))
-    cfg = apply_overrides(cfg, argv)
+# ----------------------------------------------------------------------------- configuration and resume
+def configure(defaults, argv=None, preset=None, kind="clip"):
+    """(cfg, checkpoint to resume or None): the defaults, a preset and the command line; with --resume, the
+    resumed run's stored config with this command line on top (e.g. more --epochs)."""
+    cfg = apply_overrides(dict(defaults, **(preset or {})), argv)
     ckpt = None
     if cfg["resume"]:
-        path = find_latest(cfg["weights_dir"]) if cfg["resume"] == "latest" else cfg["resume"]
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        # the stored config, with what this command line says on top (e.g. more --epochs)
-        cfg = apply_overrides(dict(ckpt["config"], resume=path), argv)
-        cfg["resume"] = path
-    if cfg["task"] not in TASKS:
-        raise ValueError(f"unknown task {cfg['task']!r}; expected one of {TASKS}")
-    photo2shape = cfg["task"] == "photo2shape"
-    if photo2shape:
-        parse_shape_loss(cfg["shape_loss"])  # a typo fails now, not after loading the data
-        if cfg["train_mode"] not in ("zero_shot", "image", "full"):
-            raise ValueError(f"task=photo2shape trains train_mode=image or full (or evaluates zero_shot), "
-                             f"not {cfg['train_mode']!r}")
-    cfg["select_metric"] = cfg["select_metric"] or SELECT_DEFAULT[cfg["task"]]
-    rank, world, dev = setup_distributed(cfg)
-    is_main = rank == 0
-    say = print if is_main else (lambda *a, **k: None)
-    if not cfg["run_name"]:
-        cfg["run_name"] = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg['train_mode']}-{cfg['clip_model'].replace('/', '-')}"
-    log_dir = Path(cfg["logs_dir"]) / cfg["run_name"]
-    ckpt_dir = Path(cfg["weights_dir"]) / cfg["run_name"]
+        path = find_latest(cfg["weights_dir"], kind) if cfg["resume"] == "latest" else Path(cfg["resume"])
+        ckpt = load_resume(path, kind)
+        stored = {k: v for k, v in ckpt["config"].items() if k in defaults and k not in OUTPUT_KEYS}
+        outputs = {k: cfg[k] for k in OUTPUT_KEYS}
+        cfg = apply_overrides(dict(defaults, **stored, **outputs), argv)
+        cfg.update(resume=str(path), weights_dir=str(path.parent.parent), run_name=path.parent.name)
+    check_config(cfg)
+    return cfg, ckpt
 
+
+def check_config(cfg):
+    """Values no run can use fail before anything loads, naming the key."""
+    for key in AT_LEAST_ONE:
+        if key in cfg and cfg[key] < 1:
+            raise ValueError(f"--{key}={cfg[key]}: must be at least 1")
+    for key in NOT_NEGATIVE:
+        if key in cfg and cfg[key] < 0:
+            raise ValueError(f"--{key}={cfg[key]}: must not be negative")
+
+
+def checkpoint_kind(ckpt):
+    return ckpt.get("kind") or ("captioner" if "decoder_args" in ckpt else "clip")
+
+
+def load_resume(path, kind):
+    """A last.pt to continue: an error naming the file when it is missing, unreadable or of another kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume={path}: not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"--resume={path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"--resume={path}: not a last.pt of a training run (best.pt keeps only the model; "
+                         f"resume from last.pt)")
+    if checkpoint_kind(ckpt) != kind:
+        raise ValueError(f"--resume={path}: a {checkpoint_kind(ckpt)} run, not a {kind} run")
+    return ckpt
+
+
+def find_latest(weights_root, kind):
+    """The newest readable <weights_root>/*/last.pt of a run of this kind; unreadable ones are skipped with a
+    warning (the checkpoint is memory-mapped: only its small entries are read)."""
+    for path in sorted(glob.glob(os.path.join(weights_root, "*", "last.pt")), key=os.path.getmtime, reverse=True):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            warnings.warn(f"--resume=latest: skipping {path}: unreadable ({type(e).__name__})")
+            continue
+        if checkpoint_kind(ckpt) == kind:
+            print(f"--resume=latest: {path}")
+            return Path(path)
+    raise FileNotFoundError(f"--resume=latest: no readable {weights_root}/*/last.pt of a {kind} run")
+
+
+# ----------------------------------------------------------------------------- the loop
+def fit(cfg, task, ckpt=None):
+    """Train `task` as `cfg` says (resuming `ckpt` when given); returns {"run_dir", "weights_dir", "val", "best"}."""
+    rank, world, dev = setup_distributed(cfg["device"])
+    previous = _on_sigterm_interrupt()
+    try:
+        return _fit(cfg, task, ckpt, rank, world, dev)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _on_sigterm_interrupt():
+    """SIGTERM (what schedulers send before killing a job) interrupts like Ctrl-C: last.pt is saved."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    return signal.signal(signal.SIGTERM, handler)
+
+
+class _Run:
+    """The state fit() checkpoints, and the writing of last.pt / best.pt (rank 0 only)."""
+
+    def __init__(self, cfg, task, rank, log_dir, ckpt_dir):
+        self.cfg, self.task, self.rank, self.log_dir, self.ckpt_dir = cfg, task, rank, log_dir, ckpt_dir
+        self.epoch, self.step, self.batches_done = 0, 0, 0
+        self.best, self.best_epoch, self.stale, self.metrics = -math.inf, -1, 0, {}
+
+    def save(self, name, optimizer=None, scheduler=None, scaler=None, rng=None, epoch_rng=None):
+        if self.rank != 0:
+            return
+        state = {"kind": self.task.kind, **self.task.checkpoint(name == "best.pt"), "config": self.cfg,
+                 "epoch": self.epoch, "step": self.step, "metrics": self.metrics, "best_metric": self.best,
+                 "best_epoch": self.best_epoch}
+        if optimizer is not None:  # last.pt: what an exact resume needs
+            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                         rng=rng, epoch_rng=epoch_rng, batches_done=self.batches_done,
+                         epochs_without_improvement=self.stale)
+        atomic_torch_save(state, self.ckpt_dir / name)
+
+
+def _fit(cfg, task, ckpt, rank, world, dev):
+    say = print if rank == 0 else (lambda *a, **k: None)
+    if not cfg["run_name"]:
+        model = cfg.get("clip_model", "").replace("/", "-")
+        cfg["run_name"] = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.get('train_mode', task.kind)}-{model}-{secrets.token_hex(2)}"
+    log_dir, ckpt_dir = Path(cfg["logs_dir"]) / cfg["run_name"], Path(cfg["weights_dir"]) / cfg["run_name"]
+    if ckpt is None and task.trains() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        raise FileExistsError(f"{ckpt_dir} already holds a run: continue it with --resume={ckpt_dir / 'last.pt'}, "
+                              f"or choose another --run_name")
     set_seed(cfg["seed"] + rank)
-    model, preprocess = load_clip(cfg["clip_model"], dev, weights=cfg["clip_weights"] or None, seed=cfg["seed"])
-    wrapper = CLIPWrapper(model, cfg["train_mode"]).to(dev)
-    label = model_label(cfg["clip_model"])
-    init_state = {}  # tensors from init_from: saved with every checkpoint, so a checkpoint stands on its own
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"], strict=False)
-        init_state = ckpt["model"]
-    elif cfg["init_from"]:
-        init_state = load_init(model, cfg)
-        say(f"init_from {cfg['init_from']}: loaded {len(init_state)} tensors (model weights only)")
-    shape_loss = None
-    if photo2shape and "supcon" not in parse_shape_loss(cfg["shape_loss"]):
-        # triplet, center and ce never use the temperature: freeze it, so the summary (and DDP) sees what trains
-        wrapper.logit_scale.requires_grad_(False)
-    say(f"model: {label}; {wrapper.summary()}")
+    task.setup(dev, rank, world, ckpt)
+    set_seed(cfg["seed"] + rank)  # setup may draw from the RNG (a feature-cache miss does): the run is the same
     amp_dtype = autocast_dtype(dev, cfg["amp"])
     say(f"device: {dev}, world size {world}, amp: {amp_dtype or 'off (fp32; this hardware has no fast bf16)'}")
-
-    linear = cfg["train_mode"] == "linear"
-    train_cache = val_cache = None
-    if photo2shape and cfg["train_mode"] == "zero_shot":
-        steps_per_epoch = 0
-    elif linear:
-        if is_main:  # rank 0 computes the cache; the others read it
-            train_cache = linear_cache(wrapper, cfg, "train", preprocess, dev)
-            val_cache = linear_cache(wrapper, cfg, "val", preprocess, dev)
-        if world > 1:
-            dist.barrier()
-            if not is_main:
-                train_cache = linear_cache(wrapper, cfg, "train", preprocess, dev)
-                val_cache = linear_cache(wrapper, cfg, "val", preprocess, dev)
-        n_models = len(train_cache[1].model_ids)
-        steps_per_epoch = (n_models * cfg["draws_per_model"]) // (cfg["batch_size"] * world)
-        # Computing the cache draws from the RNG (DataLoader workers' seeds) and a cache hit does not: seed again so
-        # that the run is the same either way.
-        set_seed(cfg["seed"] + rank)
-    else:
-        tf = preprocess
-        if cfg["augment"]:
-            from torchvision import transforms as T
-            n_px = preprocess.transforms[1].size
-            tf = T.Compose([T.RandomResizedCrop(n_px, scale=(0.7, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                            T.RandomHorizontalFlip(), *preprocess.transforms[2:]])
-        if photo2shape:
-            loader, sampler, n_classes, summary = photo2shape_loader(cfg, tf, rank, world)
-            say(summary)
-            shape_loss = ShapeLoss(cfg["shape_loss"], n_classes, model.text_projection.shape[1], cfg["triplet_margin"],
-                                   cfg["center_weight"], cfg["ce_weight"]).to(dev)
-        else:
-            train_ds = MultiViewDataset(cfg["data_jsonl"], "train", tf, mode="train", draws_per_model=cfg["draws_per_model"])
-            sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, seed=cfg["seed"]) if world > 1 else None
-            loader = torch.utils.data.DataLoader(
-                train_ds, batch_size=cfg["batch_size"], shuffle=sampler is None, sampler=sampler, drop_last=True,
-                num_workers=cfg["num_workers"], persistent_workers=False,
-                collate_fn=lambda b: (torch.stack([x[0] for x in b]), tokenize([x[1] for x in b]),
-                                      torch.tensor([x[2] for x in b])))
-        steps_per_epoch = len(loader)
-    if steps_per_epoch == 0 and cfg["train_mode"] != "zero_shot":
-        raise ValueError(f"{cfg['data_jsonl']}: too few training pairs for one batch of {cfg['batch_size']}")
-
-    loss_fn = build_loss(cfg["loss"])
-    trainable = [p for p in wrapper.parameters() if p.requires_grad]
-    if shape_loss is not None:
-        trainable += [p for p in shape_loss.parameters() if p.requires_grad]
-    if cfg["train_mode"] == "zero_shot" or not trainable:
-        metrics = validate(wrapper, cfg, preprocess, dev, val_cache)
-        if is_main:
+    if not task.trains():
+        metrics = task.validate()
+        if rank == 0:
             write_json(log_dir / "config.json", cfg)
-            write_json(log_dir / "results.json", {"model": label, "val": metrics})
+            write_json(log_dir / "results.json", {"model": task.label, "val": metrics, **task.extra_results})
             say(format_metrics("val (zero-shot)", metrics))
         return {"run_dir": str(log_dir), "val": metrics}
+    steps_per_epoch = task.steps_per_epoch()
+    if steps_per_epoch == 0:
+        raise ValueError(f"{cfg.get('data_jsonl', 'the training split')}: too few training examples for one batch "
+                         f"of {cfg['batch_size']} per process")
 
-    ddp = world > 1 and not linear
-    module = PhotoShapeNet(wrapper, shape_loss) if photo2shape else wrapper
-    net = torch.nn.parallel.DistributedDataParallel(module, device_ids=[dev] if dev.startswith("cuda") else None) if ddp else module
-    groups = param_groups(wrapper, cfg["weight_decay"])
-    if shape_loss is not None and list(shape_loss.parameters()):  # the identity classifier: no decay on prototypes
-        groups.append({"params": list(shape_loss.parameters()), "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6)
-    opt_steps = math.ceil(steps_per_epoch / cfg["grad_accum"]) * cfg["epochs"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg["warmup_steps"], opt_steps))
+    ddp = world > 1 and task.uses_ddp
+    net = (torch.nn.parallel.DistributedDataParallel(task.module, device_ids=[dev] if dev.startswith("cuda") else None)
+           if ddp else task.module)
+    groups = task.param_groups(cfg["weight_decay"])
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], **getattr(task, "optim_args", {}))
+    total = math.ceil(steps_per_epoch / cfg["grad_accum"]) * cfg["epochs"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg["warmup_steps"], min(total, cfg["max_steps"] or total)))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    start_epoch, step, best, best_epoch, stale = 0, 0, -float("inf"), -1, 0
+    run = _Run(cfg, task, rank, log_dir, ckpt_dir)
+    resume_rng = None
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step = ckpt["epoch"], ckpt["step"]
-        best, best_epoch, stale = ckpt["best_metric"], ckpt["best_epoch"], ckpt["epochs_without_improvement"]
-        if shape_loss is not None:
-            shape_loss.load_state_dict(ckpt["shape_loss"])
-        set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])] if isinstance(ckpt["rng"], list) else ckpt["rng"])
-        say(f"resumed from {cfg['resume']} at epoch {start_epoch}, step {step}")
+        if scaler.is_enabled() and ckpt.get("scaler"):  # a bf16 / fp32 run has no scaler state to bring
+            scaler.load_state_dict(ckpt["scaler"])
+        run.epoch, run.step, run.batches_done = ckpt["epoch"], ckpt["step"], ckpt.get("batches_done", 0)
+        run.best, run.best_epoch, run.stale = ckpt["best_metric"], ckpt["best_epoch"], ckpt["epochs_without_improvement"]
+        pick = lambda s: s[rank % len(s)] if isinstance(s, list) else s  # noqa: E731  (one state per rank)
+        resume_rng = pick(ckpt["rng"])
+        set_rng_state(pick(ckpt["epoch_rng"]) if run.batches_done else resume_rng)
+        say(f"resumed from {cfg['resume']} at epoch {run.epoch + 1}, batch {run.batches_done}, step {run.step}")
 
     writer = None
-    if is_main:
+    if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
-        log_dir.mkdir(parents=True, exist_ok=True)
+
         write_json(log_dir / "config.json", cfg)
         writer = SummaryWriter(str(log_dir))
         say(f"run: {log_dir}  checkpoints: {ckpt_dir}")
-
-    def save(name, epoch, metrics, rng=None):
-        if not is_main:
-            return
-        extra = {"shape_loss": shape_loss.state_dict()} if shape_loss is not None else {}
-        atomic_torch_save({
-            **extra, "model": dict(init_state, **wrapper.trainable_state_dict()), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-            "config": cfg, "best_metric": best, "best_epoch": best_epoch, "epochs_without_improvement": stale,
-            "metrics": metrics, "rng": rng or rng_state(), "model_label": label,
-        }, ckpt_dir / name)
-
-    def train_step(images_or_feats, tokens_or_feats, ids):
-        with torch.autocast(dev.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            if photo2shape:
-                loss, parts = net(images_or_feats, ids, *tokens_or_feats)
-                if writer:
-                    for k, v in parts.items():
-                        writer.add_scalar(f"train/loss_{k}", v.item(), step + 1)
-                return loss
-            if linear:
-                img = wrapper.project_image(images_or_feats)
-                txt = wrapper.project_text(tokens_or_feats)
-            else:
-                img, txt = net(images_or_feats, tokens_or_feats)
-            return loss_fn(img.float(), txt.float(), wrapper.logit_scale.exp(), ids=ids)
-
-    epoch, metrics = start_epoch, {}
+    loop = dict(net=net, ddp=ddp, params=params, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                amp_dtype=amp_dtype, writer=writer, dev=dev, world=world, steps_per_epoch=steps_per_epoch)
     try:
-        for epoch in range(start_epoch, cfg["epochs"]):
-            module.train()
-            if linear:
-                feats = train_cache[0]
-                batches = ((feats["image"][v].to(dev), feats["text"][t].to(dev), ids.to(dev))
-                           for v, t, ids in linear_batches(feats, n_models, cfg, rank, world))
-            else:
-                if sampler is not None:
-                    sampler.set_epoch(epoch)
-                if photo2shape:  # (images, ids, (tokens, text ids)); tokens and text ids are None without supcon
-                    batches = ((x.to(dev, non_blocking=True), tuple(v if v is None else v.to(dev) for v in (t, tm)),
-                                ids.to(dev)) for x, ids, t, tm in loader)
-                else:
-                    batches = ((x.to(dev, non_blocking=True), t.to(dev), ids.to(dev)) for x, t, ids in loader)
-            t0, total, count = time.time(), 0.0, 0
-            for i, (a, b, ids) in enumerate(batches):
-                loss = train_step(a, b, ids)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {step}, epoch {epoch}; "
-                                        f"the last good checkpoint in {ckpt_dir} is left as it was")
-                scaler.scale(loss / cfg["grad_accum"]).backward()
-                if (i + 1) % cfg["grad_accum"] == 0 or i + 1 == steps_per_epoch:
-                    if world > 1 and not ddp:  # linear probe: no DDP wrapper, so average the gradients here
-                        for p in trainable:
-                            if p.grad is not None:
-                                dist.all_reduce(p.grad)
-                                p.grad /= world
-                    if cfg["grad_clip"] > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(trainable, cfg["grad_clip"])
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    with torch.no_grad():
-                        wrapper.logit_scale.clamp_(0, SCALE_MAX)
-                step += 1
-                total, count = total + loss.item(), count + 1
-                if writer:
-                    writer.add_scalar("train/loss", loss.item(), step)
-                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                    writer.add_scalar("train/logit_scale", wrapper.logit_scale.exp().item(), step)
-            metrics = validate(wrapper, cfg, preprocess, dev, val_cache)
-            improved = metrics[cfg["select_metric"]] > best
-            if improved:
-                best, best_epoch, stale = metrics[cfg["select_metric"]], epoch, 0
-            else:
-                stale += 1
-            if writer:
-                for k, v in metrics.items():
-                    writer.add_scalar(f"val/{k}", v, step)
-                writer.add_scalar("train/epoch_loss", total / max(count, 1), step)
-                writer.flush()
-            say(f"epoch {epoch + 1}/{cfg['epochs']}  loss {total / max(count, 1):.4f}  "
-                f"val {cfg['select_metric']} {metrics[cfg['select_metric']]:.4f}  ({time.time() - t0:.1f}s)")
-            rng = rng_state()
-            if world > 1:  # every rank's RNG, so that a resumed DDP run continues each rank's stream
-                states = [None] * world
-                dist.all_gather_object(states, rng)
-                rng = states
-            save("last.pt", epoch + 1, metrics, rng)
-            if improved:
-                save("best.pt", epoch + 1, metrics, rng)
-            if stale >= cfg["patience"]:
-                say(f"early stopping: no better {cfg['select_metric']} for {stale} epochs")
-                break
-            if cfg["stop_after_epochs"] and epoch + 1 - start_epoch >= cfg["stop_after_epochs"]:
-                say(f"stopping after {cfg['stop_after_epochs']} epochs as asked; continue with --resume={ckpt_dir / 'last.pt'}")
-                break
-    except KeyboardInterrupt:
-        save("last.pt", epoch, metrics)  # this epoch did not finish: a resume runs it again
-        say(f"\ninterrupted: saved {ckpt_dir / 'last.pt'}; continue with --resume={ckpt_dir / 'last.pt'}")
-        raise SystemExit(130)
+        _epochs(cfg, task, run, loop, resume_rng, say)
+    except KeyboardInterrupt as e:
+        run.save("last.pt", optimizer, scheduler, scaler, loop.get("boundary_rng") or rng_state(), loop.get("epoch_rng"))
+        say(f"\ninterrupted{' by SIGTERM' if str(e) == 'SIGTERM' else ''} in epoch {run.epoch + 1} after "
+            f"{run.batches_done} batches: saved {ckpt_dir / 'last.pt'}; continue with --resume={ckpt_dir / 'last.pt'}")
+        raise SystemExit(143 if str(e) == "SIGTERM" else 130)
     finally:
         if writer:
             writer.close()
-    if is_main:
-        say(f"best {cfg['select_metric']} {best:.4f} at epoch {best_epoch + 1}; {label}")
-        write_json(log_dir / "results.json", {"model": label, "best_epoch": best_epoch + 1, "val": metrics,
-                                              "best_" + cfg["select_metric"]: best})
-    return {"run_dir": str(log_dir), "weights_dir": str(ckpt_dir), "val": metrics, "best": best}
+    if rank == 0:
+        say(f"best {task.select_metric} {run.best:.4f} at epoch {run.best_epoch + 1}; {task.label}")
+        write_json(log_dir / "results.json", {"model": task.label, "best_epoch": run.best_epoch + 1, "val": run.metrics,
+                                              "best_" + task.select_metric: run.best, **task.extra_results})
+    return {"run_dir": str(log_dir), "weights_dir": str(ckpt_dir), "val": run.metrics, "best": run.best}
+
+
+def _epochs(cfg, task, run, loop, resume_rng, say):
+    """The epochs from run.epoch on; an epoch interrupted after run.batches_done batches continues where it was."""
+    net, optimizer, writer, world = loop["net"], loop["optimizer"], loop["writer"], loop["world"]
+    start_epoch = run.epoch
+    while run.epoch < cfg["epochs"]:
+        net.train()
+        t0, sums = time.time(), {}
+        skip, run.batches_done = run.batches_done, 0
+        loop["epoch_rng"] = loop["boundary_rng"] = rng_state()
+        batches = iter(task.batches(run.epoch))
+        for _ in range(skip):  # the batches this epoch already trained on, drawn again from the same state
+            next(batches)
+        if skip:
+            set_rng_state(resume_rng)
+            run.batches_done = skip
+        for i, batch in enumerate(batches, start=skip):
+            _train_batch(cfg, task, run, loop, i, batch, sums)
+            if cfg["max_steps"] and run.step >= cfg["max_steps"] and run.batches_done == i + 1:
+                break
+        run.metrics = task.validate()
+        if world > 1:  # rank 0's metrics decide for every rank: all stop together
+            box = [run.metrics]
+            dist.broadcast_object_list(box, src=0)
+            run.metrics = box[0]
+        value = run.metrics[task.select_metric]
+        improved = value > run.best
+        if improved:
+            run.best, run.best_epoch, run.stale = value, run.epoch, 0
+        else:
+            run.stale += 1
+        if writer:
+            for k, v in run.metrics.items():
+                writer.add_scalar(f"val/{k}", v, run.step)
+            for k, v in sums.items():
+                writer.add_scalar(f"train/epoch_{k}", v.item() / max(1, run.batches_done - skip), run.step)
+            writer.flush()
+        parts = "  ".join(f"{k} {v.item() / max(1, run.batches_done - skip):.4f}" for k, v in sums.items())
+        say(f"epoch {run.epoch + 1}/{cfg['epochs']}  {parts}  val {task.select_metric} {value:.4f}  "
+            f"({time.time() - t0:.1f}s)", flush=True)
+        run.epoch += 1
+        run.batches_done = 0
+        rng = rng_state()
+        if world > 1:  # every rank's RNG, so that a resumed DDP run continues each rank's stream
+            states = [None] * world
+            dist.all_gather_object(states, rng)
+            rng = states
+        run.save("last.pt", optimizer, loop["scheduler"], loop["scaler"], rng)
+        if improved:
+            run.save("best.pt")
+        if run.stale >= cfg["patience"]:
+            say(f"early stopping: no better {task.select_metric} for {run.stale} epochs")
+            break
+        if cfg["max_steps"] and run.step >= cfg["max_steps"]:
+            say(f"stopping at max_steps={cfg['max_steps']}")
+            break
+        if cfg["stop_after_epochs"] and run.epoch - start_epoch >= cfg["stop_after_epochs"]:
+            say(f"stopping after {cfg['stop_after_epochs']} epochs as asked; continue with "
+                f"--resume={run.ckpt_dir / 'last.pt'}")
+            break
+
+
+def _train_batch(cfg, task, run, loop, i, batch, sums):
+    """Forward and backward of batch i; an optimizer step at the end of each accumulation group."""
+    net, scaler, optimizer, amp_dtype = loop["net"], loop["scaler"], loop["optimizer"], loop["amp_dtype"]
+    accum = cfg["grad_accum"]
+    boundary = (i + 1) % accum == 0 or i + 1 == loop["steps_per_epoch"]
+    no_sync = net.no_sync() if loop["ddp"] and not boundary else contextlib.nullcontext()  # all-reduce once per step
+    with no_sync:
+        with torch.autocast(loop["dev"].split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out = net(*batch)
+        loss = out["loss"]
+        # the finiteness check syncs with the device: every step on a CPU (free), at each log point on a GPU
+        if not loop["dev"].startswith("cuda") or (run.step + 1) % cfg["log_every"] == 0:
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) in epoch {run.epoch + 1}, batch {i + 1} "
+                                    f"(after {run.step} optimizer steps); the last good checkpoint in "
+                                    f"{run.ckpt_dir} is left as it was")
+        scaler.scale(loss / accum).backward()
+    for k, v in out.items():
+        sums[k] = sums.get(k, 0.0) + v.detach().float()
+    if not boundary:
+        return
+    if loop["world"] > 1 and not loop["ddp"]:  # no DDP wrapper (linear probe): average the gradients here
+        for p in loop["params"]:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= loop["world"]
+    if cfg["grad_clip"] > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(loop["params"], cfg["grad_clip"])
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    loop["scheduler"].step()
+    task.after_step()
+    run.step += 1
+    run.batches_done = i + 1
+    loop["boundary_rng"] = rng_state()
+    writer = loop["writer"]
+    if writer and (run.step == 1 or run.step % cfg["log_every"] == 0):
+        for k, v in out.items():
+            writer.add_scalar(f"train/{k}", v.item(), run.step)
+        writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], run.step)
 
 
 def format_metrics(title, metrics):
     keys = [k for k in metrics if "_R@" in k and "/" not in k]
     return title + ": " + "  ".join(f"{k} {metrics[k]:.3f}" for k in keys)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None, preset=None):
+    cfg, ckpt = configure(DEFAULTS, argv, preset, kind="clip")
+    if cfg["task"] not in TASKS:
+        raise ValueError(f"unknown task {cfg['task']!r}; expected one of {tuple(TASKS)}")
+    return fit(cfg, TASKS[cfg["task"]](cfg), ckpt)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,10 @@ def test_stages_train_and_warm_start_from_the_previous_best(photo_jsonl, tmp_pat
     s2 = run(tmp_path, photo_jsonl, "--task=photo2shape", "--train_mode=image", "--shape_loss=triplet+center+ce",
              "--epochs=2", "--run_name=stage2")
     best2 = torch.load(tmp_path / "weights/stage2/best.pt", weights_only=True)
-    assert {k.split(".")[0] for k in best2["model"]} == {"visual"}  # image tower only; temperature frozen
+    base = load_clip("tiny", seed=0)[0].state_dict()
+    assert set(best2["model"]) == set(base)  # every tensor: the checkpoint loads without its base weights
+    changed = {k.split(".")[0] for k in base if not torch.equal(base[k], best2["model"][k])}
+    assert changed == {"visual"}  # image tower only; text tower and temperature frozen
     assert set(best2["shape_loss"]) >= {"losses.center.centers", "losses.ce.weight"}
     assert "photo2shape_R@1" in s2["val"] and "category/photo2shape_mAP" in s2["val"]
     best2_path = tmp_path / "weights/stage2/best.pt"
@@ -182,7 +185,6 @@ def test_stages_train_and_warm_start_from_the_previous_best(photo_jsonl, tmp_pat
     assert last3["epoch"] == 1 and last3["step"] == 3  # a new run (12 train models / P=4), not a resumed one
     for k, v in best2["model"].items():
         assert torch.equal(last3["model"][k], v), k
-    base = load_clip("tiny", seed=0)[0].state_dict()
     assert not torch.equal(base["visual.proj"], best2["model"]["visual.proj"])  # stage 2 did change it
     assert torch.equal(last3["model"]["text_projection"], base["text_projection"])
     wrapper, _, _ = load_checkpoint(tmp_path / "weights/stage3/last.pt")  # stands on its own
@@ -197,6 +199,9 @@ def test_stages_train_and_warm_start_from_the_previous_best(photo_jsonl, tmp_pat
         run(tmp_path, photo_jsonl, "--task=photo2shape", "--shape_loss=triplet+arcface")
     with pytest.raises(ValueError, match="train_mode=image or full"):
         run(tmp_path, photo_jsonl, "--task=photo2shape", "--train_mode=linear")
+    # the text tower would get no gradient (a DDP error at step 2): refused up front
+    with pytest.raises(ValueError, match="never reaches"):
+        run(tmp_path, photo_jsonl, "--task=photo2shape", "--train_mode=full", "--shape_loss=triplet+ce")
 
 
 def test_photo2shape_resume_continues_exactly(photo_jsonl, tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 import features
 import train
+from tasks import text2shape
 from models.clip_wrapper import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_linear_probe_caches_features_and_invalidates(tmp_path, synthetic_jsonl,
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_jsonl, monkeypatch):
     run(tmp_path, synthetic_jsonl, "--epochs=1")
     good = (tmp_path / "weights/run/last.pt").read_bytes()
-    real = train.build_loss
+    real = text2shape.build_loss
 
     def poisoned(name):
         loss, n = real(name), [0]
@@ -84,14 +85,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, syntheti
             n[0] += 1
             return loss(*a, **k) * (float("nan") if n[0] == 2 else 1.0)
         return f
-    monkeypatch.setattr(train, "build_loss", poisoned)
-    with pytest.raises(train.NonFiniteLoss, match="step 4"):
+    monkeypatch.setattr(text2shape, "build_loss", poisoned)
+    with pytest.raises(train.NonFiniteLoss, match="after 4 optimizer steps"):
         run(tmp_path, synthetic_jsonl, f"--resume={tmp_path}/weights/run/last.pt", "--epochs=3")
     assert (tmp_path / "weights/run/last.pt").read_bytes() == good
 
 
 def test_ctrl_c_saves_last(tmp_path, synthetic_jsonl, monkeypatch):
-    real = train.build_loss
+    real = text2shape.build_loss
 
     def interrupted(name):
         loss, n = real(name), [0]
@@ -102,7 +103,7 @@ def test_ctrl_c_saves_last(tmp_path, synthetic_jsonl, monkeypatch):
                 raise KeyboardInterrupt
             return loss(*a, **k)
         return f
-    monkeypatch.setattr(train, "build_loss", interrupted)
+    monkeypatch.setattr(text2shape, "build_loss", interrupted)
     with pytest.raises(SystemExit) as err:
         run(tmp_path, synthetic_jsonl, "--epochs=3")
     assert err.value.code == 130
