@@ -65,7 +65,7 @@ def main():
     if (DATA / "pix3d.json").exists():
         print(f"kept {DATA} (delete it to rebuild)")
     else:
-        make_toy_pix3d.main(["--out", str(DATA)])
+        make_toy_pix3d.main(["--out_dir", str(DATA)])
     print(f"({time.time() - t:.0f}s)")
 
     t = step("2/9 render 12 views per model")

@@ -15,7 +15,7 @@ from scripts import generate_jsonl, make_toy_pix3d, render_objs
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy") / "pix3d_toy"
-    assert make_toy_pix3d.main(["--out", str(root), "--models_per_category", "4", "--photos_per_model", "1",
+    assert make_toy_pix3d.main(["--out_dir", str(root), "--models_per_category", "4", "--photos_per_model", "1",
                                 "--photo_size", "96"]) in (0, None)
     assert render_objs.main(["--obj_dir", str(root / "model"), "--out_dir", str(root / "renders"),
                              "--n_views", "4", "--size", "64"]) == 0

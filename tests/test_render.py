@@ -219,7 +219,8 @@ def test_nested_layout_and_multi_obj_folders(tmp_path, capsys):
     # with a 14 px label strip; a 64 px render is pasted unscaled in the middle of its cell.
     sheet = np.asarray(Image.open(tmp_path / "renders/contact_sheet.png"))
     assert sheet.shape == (2 * (96 + 14), 2 * 96, 3)
-    for row, col, folder in [(0, 0, "chair/A"), (0, 1, "chair/B"), (1, 0, "table/pair/left"), (1, 1, "table/pair/right")]:
+    cells = [(0, 0, "chair/A"), (0, 1, "chair/B"), (1, 0, "table/pair/left"), (1, 1, "table/pair/right")]
+    for row, col, folder in cells:
         y, x = row * (96 + 14) + 16, col * 96 + 16
         np.testing.assert_array_equal(sheet[y:y + 64, x:x + 64], views(tmp_path / "renders" / folder, 1)[0])
 

@@ -13,6 +13,7 @@ import trimesh
 from PIL import Image, ImageDraw
 
 from meshes.captions import COLOR_WORDS, measure_mesh
+from meshes.toy_furniture import CATEGORIES, COUNTED, build_model
 from scripts import make_toy_pix3d as toy
 
 # The fields of every entry of the real pix3d.json, in its order.
@@ -70,7 +71,7 @@ def test_pix3d_json_schema(dataset):
     root, entries = dataset
     on_disk = json.loads((root / "pix3d.json").read_text())
     assert on_disk == entries and len(entries) == 9 * 2
-    assert sorted({e["category"] for e in entries}) == toy.CATEGORIES
+    assert sorted({e["category"] for e in entries}) == CATEGORIES
     num = (int, float)
     for e in entries:
         assert list(e) == PIX3D_FIELDS, e["img"]
@@ -105,7 +106,7 @@ def test_pix3d_json_schema(dataset):
 
 def test_voxel_file_is_skipped_without_scipy(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.io", None)  # makes `import scipy.io` raise ImportError
-    parts, _ = toy.build_model("chair", np.random.default_rng(0))
+    parts, _ = build_model("chair", np.random.default_rng(0))
     assert toy.voxel_mat(parts) is None
 
 
@@ -264,8 +265,8 @@ def check_parts(attrs, objects, lo, hi, folder):
     counted = {}
     for name in objects:
         kind = name.rsplit("_", 1)[0]
-        if kind in toy.COUNTED:
-            counted.setdefault(toy.COUNTED[kind], []).append(objects[name])
+        if kind in COUNTED:
+            counted.setdefault(COUNTED[kind], []).append(objects[name])
     for key, n in attrs["parts"].items():
         assert len(counted.get(key, [])) == n, (folder, key)
     assert set(counted) <= set(attrs["parts"]), folder
@@ -297,10 +298,10 @@ def test_build_model_ranges():
     # Many models, no rendering: counts stay in their ranges and the recorded colour always dominates.
     ranges = {"shelves": range(0, 7), "drawers": range(0, 5), "legs": range(0, 6), "doors": range(1, 4),
               "arms": (0, 2), "pillows": (1, 2), "cushions": (1, 2, 3), "slats": (3, 4, 5), "footboards": (0, 1)}
-    for c, category in enumerate(toy.CATEGORIES):
+    for c, category in enumerate(CATEGORIES):
         styles = set()
         for i in range(25):
-            parts, attrs = toy.build_model(category, np.random.default_rng([7, c, i]))
+            parts, attrs = build_model(category, np.random.default_rng([7, c, i]))
             assert attrs["color"] in COLOR_WORDS and next(iter(attrs["colors"])) == attrs["color"]
             assert attrs["colors"][attrs["color"]] > 0.5 and abs(sum(attrs["colors"].values()) - 1) < 1e-3
             assert all(color in COLOR_WORDS for _, color in parts)
@@ -312,17 +313,17 @@ def test_build_model_ranges():
             styles.add(attrs.get("style"))
         assert len(styles) >= (3 if category in ("chair", "table", "bed", "misc", "tool") else 1), (category, styles)
     with pytest.raises(ValueError, match="unknown category"):
-        toy.build_model("lamp", np.random.default_rng(0))
+        build_model("lamp", np.random.default_rng(0))
 
 
 def test_cli_summary(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "cli"
-    res = subprocess.run([sys.executable, "scripts/make_toy_pix3d.py", "--out", str(out), "--seed", "0",
+    res = subprocess.run([sys.executable, "scripts/make_toy_pix3d.py", "--out_dir", str(out), "--seed", "0",
                           "--categories", "chair,tool", "--models_per_category", "1", "--photos_per_model", "1",
                           "--photo_size", "64"], cwd=root, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == f"wrote 2 models, 2 photos to {out}"
-    bad = subprocess.run([sys.executable, "scripts/make_toy_pix3d.py", "--out", str(out), "--categories", "lamp"],
+    bad = subprocess.run([sys.executable, "scripts/make_toy_pix3d.py", "--out_dir", str(out), "--categories", "lamp"],
                          cwd=root, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "lamp" in bad.stderr
