@@ -1,12 +1,13 @@
 """Parse pix3d.json into usable_samples.jsonl: one line per 3D model, with captions, renders, photos and split.
 
-    python scripts/generate_jsonl.py --json_path data/pix3d/pix3d.json
+    .venv/bin/python scripts/generate_jsonl.py --json_path data/pix3d/pix3d.json [--split_fractions 0.8,0.1,0.1]
 
 Reads the real Pix3D file and the toy one (scripts/make_toy_pix3d.py) identically. Each output line:
     {"model_id": "chair/IKEA_POANG_1", "category": "chair", "split": "train", "name": "IKEA POANG",
      "captions": [...], "views": ["renders/chair/IKEA_POANG_1/view_00.png", ...],
      "photos": [{"img": ..., "mask": ..., "bbox": [...], "truncated": false, "occluded": false, ...}],
      "attributes": {"color": "brown", "shape": "tall", "parts": {...}}}
+Captions come from meshes/captions.py: category, IKEA name, measured colour, proportions and part counts.
 Paths are relative to the folder of the output file. Models whose renders are missing (or failed) are left
 out and counted. Splits are by model (never by photo: a model in two splits leaks), stratified by category.
 """
@@ -68,7 +69,8 @@ def find_views(renders_dir, model_path, model_id):
         meta = folder / "views.json"
         if meta.exists():
             views = json.loads(meta.read_text())
-            files = [folder / (v.get("image") or v.get("file")) if isinstance(v, dict) and (v.get("image") or v.get("file")) else None for v in views]
+            names = [(v.get("image") or v.get("file")) if isinstance(v, dict) else None for v in views]
+            files = [folder / name if name else None for name in names]
             if any(f is None for f in files):
                 files = sorted(folder.glob("view_*.png"))
             if files and len(files) == len(views) and all(f.exists() for f in files):
@@ -93,31 +95,10 @@ def split_models(models_by_category, fractions, seed):
     return split
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json_path", default="data/pix3d/pix3d.json")
-    ap.add_argument("--renders_dir", default=None, help="default: <json dir>/renders")
-    ap.add_argument("--output", default=None, help="default: <json dir>/usable_samples.jsonl")
-    ap.add_argument("--captions_json", default=None, help="human captions: {model_id: [caption, ...]}, merged first")
-    ap.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions by model")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-
-    json_path = Path(args.json_path)
-    root = json_path.parent
-    renders_dir = Path(args.renders_dir) if args.renders_dir else root / "renders"
-    output = Path(args.output) if args.output else root / "usable_samples.jsonl"
-    fractions = [float(x) for x in args.split.split(",")]
-    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
-        raise SystemExit(f"error: --split {args.split}: expected three fractions summing to 1")
-    human = {}
-    if args.captions_json:
-        human = json.loads(Path(args.captions_json).read_text())
-
-    entries = load_pix3d_json(json_path)
-    skipped = Counter()
-    photos = defaultdict(list)
-    model_info = {}
+def group_entries(entries, json_path):
+    """Usable entries by model: ({model_id: (category, model path)}, {model_id: [photo]}, Counter of the
+    reasons entries were skipped); the first few skipped entries are named on stderr."""
+    skipped, photos, model_info = Counter(), defaultdict(list), {}
     for i, entry in enumerate(entries):
         problem = entry_problem(entry)
         if problem:
@@ -132,6 +113,55 @@ def main(argv=None):
             "truncated": bool(entry.get("truncated", False)), "occluded": bool(entry.get("occluded", False)),
             "slightly_occluded": bool(entry.get("slightly_occluded", False)),
         })
+    return model_info, photos, skipped
+
+
+def model_attributes(obj):
+    """What the captions may say of a model: its attributes.json (toy models) completed by measuring the
+    mesh (colour, size), and the shape word of its size."""
+    attributes = {}
+    attr_file = obj.parent / "attributes.json"  # written by the toy generator; real Pix3D has none
+    if attr_file.exists():
+        attributes = json.loads(attr_file.read_text())
+    try:
+        measured = measure_mesh(obj)
+    except Exception as e:  # a broken mesh still has its renders missing; don't stop the whole run
+        print(f"warning: {obj}: could not measure mesh attributes ({e})", file=sys.stderr)
+        measured = {}
+    attributes.setdefault("color", measured.get("color"))
+    attributes.setdefault("size", measured.get("size"))
+    attributes["shape"] = shape_word(attributes.get("size"))
+    return attributes
+
+
+def parse_fractions(text):
+    """'0.8,0.1,0.1' -> [0.8, 0.1, 0.1]; ValueError unless three non-negative fractions summing to 1."""
+    fractions = [float(x) for x in text.split(",")]
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError("expected three fractions summing to 1")
+    return fractions
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json_path", default="data/pix3d/pix3d.json")
+    ap.add_argument("--renders_dir", default=None, help="default: <json dir>/renders")
+    ap.add_argument("--output", default=None, help="default: <json dir>/usable_samples.jsonl")
+    ap.add_argument("--captions_json", default=None, help="human captions: {model_id: [caption, ...]}, merged first")
+    ap.add_argument("--split_fractions", default="0.8,0.1,0.1", help="train,val,test fractions by model")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        fractions = parse_fractions(args.split_fractions)
+    except ValueError as e:
+        ap.error(f"--split_fractions {args.split_fractions}: {e}")
+
+    json_path = Path(args.json_path)
+    root = json_path.parent
+    renders_dir = Path(args.renders_dir) if args.renders_dir else root / "renders"
+    output = Path(args.output) if args.output else root / "usable_samples.jsonl"
+    human = json.loads(Path(args.captions_json).read_text()) if args.captions_json else {}
+    model_info, photos, skipped = group_entries(load_pix3d_json(json_path), json_path)
 
     failed = set()
     for failures_file in renders_dir.glob("failures*.jsonl"):  # failures_shard{i}of{n}.jsonl with --shard
@@ -145,19 +175,7 @@ def main(argv=None):
         if views is None:
             left_out["renders failed" if mid in failed else "renders missing"] += 1
             continue
-        obj = root / model_path
-        attributes = {}
-        attr_file = obj.parent / "attributes.json"  # written by the toy generator; real Pix3D has none
-        if attr_file.exists():
-            attributes = json.loads(attr_file.read_text())
-        try:
-            measured = measure_mesh(obj)
-        except Exception as e:  # a broken mesh still has its renders missing; don't stop the whole run
-            print(f"warning: {obj}: could not measure mesh attributes ({e})", file=sys.stderr)
-            measured = {}
-        attributes.setdefault("color", measured.get("color"))
-        attributes.setdefault("size", measured.get("size"))
-        attributes["shape"] = shape_word(attributes.get("size"))
+        attributes = model_attributes(root / model_path)
         name = readable_name(mid)
         captions = list(human.get(mid, [])) + build_captions(category, attributes, name)
         rows.append({

@@ -1,5 +1,6 @@
 """generate_jsonl on hand-written entries with real Pix3D paths, and the caption vocabulary (meshes/captions.py)."""
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -70,6 +71,24 @@ def test_one_line_per_model_with_disjoint_deterministic_splits(pix3d):
     assert (pix3d / "usable_samples.jsonl").read_text() == first
     gj.main(["--json_path", str(pix3d / "pix3d.json"), "--seed", "1"])
     assert (pix3d / "usable_samples.jsonl").read_text() != first
+
+
+def split_counts(path, category):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return Counter(r["split"] for r in rows if r["category"] == category)
+
+
+def test_split_fractions(pix3d, capsys):
+    # 14 chairs: n_test = n_val = max(1, round(14 * f)), the rest train.
+    out = pix3d / "usable_samples.jsonl"
+    assert gj.main(["--json_path", str(pix3d / "pix3d.json")]) == 0
+    assert split_counts(out, "chair") == {"train": 12, "val": 1, "test": 1}
+    assert gj.main([f"--json_path={pix3d / 'pix3d.json'}", "--split_fractions=0.6,0.2,0.2"]) == 0
+    assert split_counts(out, "chair") == {"train": 8, "val": 3, "test": 3}
+    for bad in ("0.8,0.2", "0.5,0.5,0.5", "a,b,c"):
+        with pytest.raises(SystemExit):
+            gj.main(["--json_path", str(pix3d / "pix3d.json"), "--split_fractions", bad])
+        assert f"--split_fractions {bad}" in capsys.readouterr().err
 
 
 def test_captions_are_true_and_distinct(pix3d):
