@@ -74,6 +74,11 @@ def shape_word(size):
     return None
 
 
+def with_article(phrase):
+    """'object' -> 'an object', 'chair' -> 'a chair' (by the first letter: the vocabulary here has no 'hour')."""
+    return ("an " if phrase[:1].lower() in tuple("aeiou") else "a ") + phrase
+
+
 def singular(noun):
     for plural, single in (("shelves", "shelf"), ("ies", "y"), ("ches", "ch"), ("shes", "sh"), ("s", "")):
         if noun.endswith(plural):
@@ -104,7 +109,7 @@ def build_captions(category, attributes, name=None):
     color, shape = attributes.get("color"), attributes.get("shape")
     parts = parts_phrase(attributes.get("parts"))
     adj = " ".join(w for w in (shape, color) if w)
-    art = lambda phrase: ("an " if phrase[0] in "aeiou" else "a ") + phrase  # noqa: E731
+    art = with_article
     caps = [art(f"{adj} {noun}".strip())]
     if color:
         caps.append(f"{art(noun)} in {color}")
