@@ -1,0 +1,239 @@
+"""fit() itself: exact resume inside an epoch, SIGTERM, run folders, config checks, max_steps, --resume=latest of
+the right kind, and the pieces of the GPU path that a CPU can check (AMP dtype, scaler state, CUDA RNG states,
+losses outside autocast, one shared draw for the DDP linear probe)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+import utils
+from models.clip_wrapper import CLIPWrapper, load_clip
+from models.losses import ClipLoss
+from tasks import text2shape
+from utils import apply_overrides, read_jsonl, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(tmp_path, jsonl, *extra, preset=None):
+    argv = [f"--data_jsonl={jsonl}", "--clip_model=tiny", "--num_workers=0", "--batch_size=4",
+            "--draws_per_model=2", "--warmup_steps=2", "--lr=5e-4", f"--logs_dir={tmp_path}/logs",
+            f"--weights_dir={tmp_path}/weights", f"--cache_dir={tmp_path}/cache", "--run_name=run", *extra]
+    return train.main(argv, preset=preset)
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def interrupt_at(monkeypatch, call, exc=KeyboardInterrupt):
+    """The loss raises `exc` at its `call`-th call (counted across runs of this test)."""
+    real, n = text2shape.build_loss, [0]
+
+    def build(name):
+        loss = real(name)
+
+        def f(*a, **k):
+            n[0] += 1
+            if n[0] == call:
+                raise exc
+            return loss(*a, **k)
+        return f
+    monkeypatch.setattr(text2shape, "build_loss", build)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_interrupted_epoch_resumes_exactly(tmp_path, synthetic_jsonl, monkeypatch, accum):
+    """6 batches an epoch; Ctrl-C in the middle of epoch 2 (and in the middle of an accumulation group): the
+    resumed run skips the batches it trained on and ends with the uninterrupted run's weights."""
+    args = ("--epochs=3", "--augment=True", f"--grad_accum={accum}")
+    run(tmp_path / "a", synthetic_jsonl, *args)
+    interrupt_at(monkeypatch, 10)  # batch 4 of epoch 2
+    with pytest.raises(SystemExit) as err:
+        run(tmp_path / "b", synthetic_jsonl, *args)
+    assert err.value.code == 130
+    last = tmp_path / "b/weights/run/last.pt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] == 1 and saved["batches_done"] == (3 if accum == 1 else 2)
+    monkeypatch.undo()
+    run(tmp_path / "b", synthetic_jsonl, f"--resume={last}")
+    a, b = weights(tmp_path / "a/weights/run/last.pt"), weights(last)
+    assert torch.load(last, weights_only=True)["step"] == torch.load(tmp_path / "a/weights/run/last.pt",
+                                                                       weights_only=True)["step"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_sigterm_saves_like_ctrl_c(tmp_path, synthetic_jsonl):
+    """A real SIGTERM to a training process: it saves last.pt and exits 143; the run then resumes."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import os, signal, train\n"
+            "from tasks import text2shape\n"
+            "real = text2shape.build_loss\n"
+            "def build(name):\n"
+            "    loss, n = real(name), [0]\n"
+            "    def f(*a, **k):\n"
+            "        n[0] += 1\n"
+            "        if n[0] == 8: os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        return loss(*a, **k)\n"
+            "    return f\n"
+            "text2shape.build_loss = build\n"
+            f"train.main(sys.argv[1:])\n")
+    argv = [f"--data_jsonl={synthetic_jsonl}", "--clip_model=tiny", "--num_workers=0", "--batch_size=4",
+            "--draws_per_model=2", "--epochs=3", f"--logs_dir={tmp_path}/logs", f"--weights_dir={tmp_path}/weights",
+            f"--cache_dir={tmp_path}/cache", "--run_name=run"]
+    res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 143, res.stderr[-2000:]
+    assert "interrupted by SIGTERM" in res.stdout
+    saved = torch.load(tmp_path / "weights/run/last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["batches_done"] == 1
+
+
+def test_run_folders_never_overwrite_another_run(tmp_path, synthetic_jsonl):
+    run(tmp_path, synthetic_jsonl, "--epochs=1")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run(tmp_path, synthetic_jsonl, "--epochs=1")
+    names = set()
+    for _ in range(2):  # the default name: same second, still two folders
+        out = run(tmp_path, synthetic_jsonl, "--epochs=1", "--run_name=")
+        names.add(Path(out["weights_dir"]).name)
+    assert len(names) == 2
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("--epochs=0", "--epochs=0: must be at least 1"), ("--grad_accum=0", "--grad_accum=0: must be at least 1"),
+    ("--batch_size=-4", "--batch_size=-4: must be at least 1"), ("--lr=-1e-3", "must not be negative")])
+def test_bad_values_fail_before_training(tmp_path, synthetic_jsonl, bad, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, synthetic_jsonl, bad)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_empty_val_split_fails_before_training(tmp_path, synthetic_jsonl):
+    rows = read_jsonl(synthetic_jsonl)
+    for r in rows:
+        r["views"] = [str(synthetic_jsonl.parent / v) for v in r["views"]]
+        r["split"] = "train" if r["split"] == "val" else r["split"]
+    write_jsonl(tmp_path / "no_val.jsonl", rows)
+    with pytest.raises(ValueError, match="no models in split 'val'"):
+        run(tmp_path, tmp_path / "no_val.jsonl", "--epochs=1")
+    assert not (tmp_path / "weights").exists()
+
+
+def test_configurator_forms_and_config_file_types(tmp_path):
+    cfg = {"epochs": 10, "lr": 1e-5, "augment": False, "run_name": ""}
+    assert apply_overrides(cfg, ["--epochs", "20", "--augment", "--lr=1e-3"]) == \
+        {"epochs": 20, "lr": 1e-3, "augment": True, "run_name": ""}
+    assert apply_overrides(cfg, ["--augment", "False", "--run_name", "x"])["augment"] is False
+    with pytest.raises(ValueError, match="expected a value"):
+        apply_overrides(cfg, ["--epochs"])
+    (tmp_path / "c.json").write_text(json.dumps({"epochs": "20"}))
+    with pytest.raises(ValueError, match="epochs='20': expected int, got str"):
+        apply_overrides(cfg, [str(tmp_path / "c.json")])
+    (tmp_path / "bad.json").write_text('{"epochs": 2,}')
+    with pytest.raises(ValueError, match=r"bad.json:1:\d+: not valid JSON"):
+        apply_overrides(cfg, [str(tmp_path / "bad.json")])
+
+
+def test_max_steps_ends_like_an_epoch_end(tmp_path, synthetic_jsonl):
+    out = run(tmp_path, synthetic_jsonl, "--epochs=5", "--max_steps=4")
+    last = torch.load(Path(out["weights_dir"]) / "last.pt", weights_only=True)
+    assert last["step"] == 4 and last["epoch"] == 1  # 6 steps an epoch: stopped inside epoch 1, validated
+    assert (Path(out["weights_dir"]) / "best.pt").exists() and "text2image_R@1" in out["val"]
+    assert set(torch.load(Path(out["weights_dir"]) / "best.pt", weights_only=True)) >= {"model", "config", "metrics"}
+    assert "optimizer" not in torch.load(Path(out["weights_dir"]) / "best.pt", weights_only=True)
+
+
+def test_resume_latest_takes_the_newest_run_of_its_kind(tmp_path, synthetic_jsonl):
+    run(tmp_path, synthetic_jsonl, "--epochs=1", "--stop_after_epochs=1", "--run_name=clip-run")
+    newer = tmp_path / "weights/zz-captioner/last.pt"  # a newer captioner run must not be picked
+    newer.parent.mkdir(parents=True)
+    torch.save({"kind": "captioner", "config": {}, "optimizer": {}}, newer)
+    broken = tmp_path / "weights/zzz-broken/last.pt"  # nor an unreadable file
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    os.utime(broken)
+    with pytest.warns(UserWarning, match="zzz-broken"):
+        assert train.find_latest(str(tmp_path / "weights"), "clip") == tmp_path / "weights/clip-run/last.pt"
+    with pytest.raises(ValueError, match="a captioner run, not a clip run"):
+        run(tmp_path, synthetic_jsonl, f"--resume={newer}")
+
+
+def test_loss_is_computed_in_fp32_under_autocast():
+    """The same features give the same loss and gradient with bf16 autocast around the model as without."""
+    model, _ = load_clip("tiny", seed=0)
+    wrapper = CLIPWrapper(model, "linear")
+    net = text2shape.PairLoss(wrapper, ClipLoss(), linear=True)
+    torch.manual_seed(0)
+    a, b = torch.randn(64, 128), torch.randn(64, 128)
+    ids = torch.arange(64)
+    ref = net(a, b, ids)["loss"]
+    (g_ref,) = torch.autograd.grad(ref, wrapper.model.text_projection)
+    img, txt = wrapper.project_image(a), wrapper.project_text(b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        img_bf, txt_bf = wrapper.project_image(a), wrapper.project_text(b)
+        out = net.loss_fn(img.float(), txt.float(), wrapper.logit_scale.exp().float(), ids=ids)
+        assert out.dtype == torch.float32
+    assert img_bf.dtype == torch.bfloat16  # the model itself does run in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = net(a, b, ids)["loss"]
+    assert got.dtype == torch.float32
+
+
+def test_amp_dtype_and_scaler_resume(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: calls.append(
+        including_emulation) or including_emulation)  # a Turing GPU: bf16 only by emulation
+    assert utils.autocast_dtype("cuda:0") == torch.float16 and calls == [False]
+    assert utils.autocast_dtype("cuda:0", enabled=False) is None
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # what a bf16 / CPU run saves
+    state = scaler.state_dict()
+    assert state == {}  # nothing to load: fit() loads a scaler state only when there is one
+
+
+def test_cuda_rng_states_restored_only_for_present_devices(monkeypatch):
+    state = utils.rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 4  # saved on a 4-GPU node
+    set_calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: set_calls.append(i))
+    utils.set_rng_state(state)
+    assert set_calls == [0]
+
+
+def test_ddp_linear_probe_ranks_split_one_draw():
+    """Two ranks' batches are the halves of the single-process draw of twice the batch: every (view, caption)
+    draw of the epoch is trained on exactly once."""
+    feats = {"image_model": torch.arange(10).repeat_interleave(3), "text_model": torch.arange(10).repeat_interleave(2)}
+    cfg = {"seed": 3, "draws_per_model": 4, "batch_size": 4}
+    one = list(text2shape.linear_batches(feats, 10, dict(cfg, batch_size=8), epoch=2))
+    ranks = [list(text2shape.linear_batches(feats, 10, cfg, epoch=2, rank=r, world=2)) for r in range(2)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 5
+    for b1, r0, r1 in zip(one, *ranks):
+        for part in range(3):
+            assert torch.equal(b1[part], torch.cat([r0[part], r1[part]]))
+    again = list(text2shape.linear_batches(feats, 10, cfg, epoch=2, rank=0, world=2))
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(again, ranks[0]))  # the same for the same (seed, epoch)
+
+
+def test_ddp_cosine_loss_with_accumulation(tmp_path, synthetic_jsonl):
+    """torchrun with gloo, --loss=cosine (no temperature: frozen, or DDP fails at step 2) and grad_accum=2
+    (no_sync on the first micro-batch); both ranks finish and the process group is torn down."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           str(ROOT / "train.py"), f"--data_jsonl={synthetic_jsonl}", "--clip_model=tiny", "--loss=cosine",
+           "--num_workers=0", "--batch_size=2", "--draws_per_model=2", "--epochs=1", "--grad_accum=2",
+           f"--logs_dir={tmp_path}/logs", f"--weights_dir={tmp_path}/weights", f"--cache_dir={tmp_path}/cache",
+           "--run_name=ddp"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "destroy_process_group" not in res.stderr
+    ckpt = torch.load(tmp_path / "weights/ddp/last.pt", weights_only=True)
+    assert ckpt["step"] == 3  # 24 draws / (2 per rank x 2 ranks) = 6 batches, 3 optimizer steps
