@@ -1,20 +1,30 @@
-"""Loading OpenAI CLIP (or a tiny random one for tests) and a wrapper that makes freezing explicit.
+"""Loading OpenAI CLIP (or a tiny random one for tests), train.py checkpoints, and a wrapper that makes freezing
+explicit.
 
     model, preprocess = load_clip("ViT-B/32", device)                    # pretrained, downloads once to ~/.cache/clip
-    model, preprocess = load_clip("ViT-B/32", device, weights="ViT-B-32.pt")  # a local OpenAI checkpoint
+    model, preprocess = load_clip("ViT-B/32", device, weights="ViT-B-32.pt")  # a local weights file
     model, preprocess = load_clip("tiny", device)                        # random init, for tests / offline demo
+    wrapper, preprocess, ckpt = load_checkpoint("weights/<run>/best.pt", device)
     wrapper = CLIPWrapper(model, "linear")   # zero_shot | linear | full | image | text
+
+A weights file is OpenAI's TorchScript archive or a torch.save'd state dict; the architecture comes from the
+tensors' shapes, and a model name that disagrees with them is an error. A checkpoint holding every tensor loads on
+its own; a linear probe's (only what it trains) loads over its base weights, checked against the
+weights_fingerprint recorded at training time.
 
 The wrapper splits each tower into a frozen-able backbone and its projection, so that a linear probe can cache
 the backbone's (pre-projection) features once and train only the projections and the temperature.
 """
 import contextlib
-import warnings
+import os
+from pathlib import Path
 
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-import clip  # noqa: E402  (openai-clip 1.0.1 imports pkg_resources; the warning is noise for users)
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
+
+# clip comes through models.clip_weights: it imports it under a guard against openai-clip's pkg_resources warning
+from models.clip_weights import (OPENAI_ARCHS, arch_name, build_clip, clip, describe, describe_arch, openai_args,
+                                 read_weights, safe_load, state_args, weights_fingerprint)
 
 TINY = "tiny"
 TINY_LABEL = "tiny (random init, trained from scratch)"
@@ -23,6 +33,7 @@ TRAIN_MODES = ("zero_shot", "linear", "full", "image", "text")
 TINY_ARGS = dict(embed_dim=128, image_resolution=64, vision_layers=4, vision_width=128, vision_patch_size=8,
                  context_length=77, vocab_size=49408, transformer_width=128, transformer_heads=4,
                  transformer_layers=3)
+CLIP_CACHE = os.path.expanduser("~/.cache/clip")  # where clip.load downloads OpenAI's files
 
 
 def model_label(name):
@@ -30,8 +41,22 @@ def model_label(name):
     return TINY_LABEL if name == TINY else f"CLIP {name}"
 
 
+def weights_path(name, weights=None):
+    """The file load_clip(name, weights=weights) reads: `weights`, else OpenAI's download; None for tiny."""
+    if name == TINY:
+        return None
+    return Path(weights) if weights else Path(CLIP_CACHE) / os.path.basename(clip.clip._MODELS[name])
+
+
+def clip_fingerprint(name, weights=None):
+    """weights_fingerprint of the base file load_clip(name, weights=weights) reads, or None for tiny."""
+    path = weights_path(name, weights)
+    return weights_fingerprint(path) if path else None
+
+
 def load_clip(name="ViT-B/32", device="cpu", weights=None, seed=0):
-    """(model in fp32 on `device`, preprocess). Never falls back to random weights for a pretrained name."""
+    """(model in fp32 on `device`, preprocess). Never falls back to random weights for a pretrained name, and a
+    weights file must hold the architecture `name` says."""
     if name == TINY:
         if weights:
             raise ValueError("--clip_weights is for OpenAI checkpoints; the tiny model has none")
@@ -42,19 +67,20 @@ def load_clip(name="ViT-B/32", device="cpu", weights=None, seed=0):
     if name not in clip.available_models():
         raise ValueError(f"unknown CLIP model {name!r}; available: {', '.join(clip.available_models())}, "
                          f"or '{TINY}' (random init, for tests)")
-    source = weights or name
     try:
-        model, preprocess = clip.load(source, device=device, jit=False)
+        path = weights or clip.clip._download(clip.clip._MODELS[name], CLIP_CACHE)
+        state = read_weights(path)
+        args = state_args(state, path)
     except Exception as e:
-        where = f"the file {weights}" if weights else f"{name} (download to ~/.cache/clip)"
+        where = f"the file {weights}" if weights else f"{name} (download to {CLIP_CACHE})"
         raise RuntimeError(
             f"could not load pretrained CLIP from {where}: {type(e).__name__}: {e}\n"
             f"  Without network, download the OpenAI checkpoint elsewhere and pass --clip_weights=PATH,\n"
             f"  or run with --clip_model=tiny (random init, trained from scratch; for trying the pipeline)."
         ) from None
-    # clip.load keeps fp16 weights on CUDA; training needs fp32 master weights (AMP handles speed), and fp16
-    # on CPU gives NaNs after one step (openai/CLIP issue history).
-    return model.float(), preprocess
+    if arch_name(args) != name:
+        raise ValueError(f"--clip_model={name}, but --clip_weights={path} holds {describe_arch(args)} weights")
+    return build_clip(args, state, path).to(device), clip.clip._transform(args["image_resolution"])
 
 
 class CLIPWrapper(nn.Module):
@@ -167,20 +193,110 @@ def tokenize(texts, context_length=77):
     return clip.tokenize(texts, context_length=context_length, truncate=True)
 
 
-def load_checkpoint(path, device="cpu"):
-    """(wrapper, preprocess, checkpoint dict) from a train.py checkpoint. The base CLIP is rebuilt from the
-    config stored in the checkpoint, then the trained tensors are loaded over it (weights_only: no pickled code
-    runs)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = ckpt["config"]
-    model, preprocess = load_clip(cfg["clip_model"], device, weights=cfg.get("clip_weights") or None,
-                                  seed=cfg.get("seed", 0))
-    missing = set(ckpt["model"]) - set(model.state_dict())
+CHECKPOINT = "a train.py CLIP checkpoint"
+
+
+def read_checkpoint(path):
+    """The dict of a train.py CLIP checkpoint (weights_only: no pickled code runs). Anything else is an error
+    naming the file, what it holds and what was expected."""
+    ckpt = safe_load(path, CHECKPOINT)
+    if isinstance(ckpt, dict) and (ckpt.get("kind") == "captioner" or "decoder_args" in ckpt):
+        raise ValueError(f"{path}: a captioner checkpoint (train_captioner.py), not {CHECKPOINT}; "
+                         f"a captioner goes to --captioner_checkpoint")
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(f"{path}: a bare state dict of {len(ckpt)} tensors, not {CHECKPOINT} "
+                         f"(a weights file goes to --clip_weights)")
+    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
+    state = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(state, dict):
+        raise ValueError(f"{path}: expected {CHECKPOINT} (a dict with 'model' and 'config'), found {describe(ckpt)}")
+    missing = [k for k in ("clip_model", "train_mode") if k not in cfg]
     if missing:
-        raise ValueError(f"{path}: checkpoint holds tensors this {cfg['clip_model']} model lacks: {sorted(missing)[:5]}")
-    model.load_state_dict(ckpt["model"], strict=False)
-    wrapper = CLIPWrapper(model.to(device), cfg["train_mode"]).eval()
-    return wrapper, preprocess, ckpt
+        raise ValueError(f"{path}: its config lacks {missing}; expected {CHECKPOINT}")
+    if cfg["clip_model"] != TINY and cfg["clip_model"] not in OPENAI_ARCHS:
+        raise ValueError(f"{path}: unknown clip_model {cfg['clip_model']!r} in its config")
+    if cfg["train_mode"] not in TRAIN_MODES:
+        raise ValueError(f"{path}: unknown train_mode {cfg['train_mode']!r}; expected one of {TRAIN_MODES}")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: its 'model' holds non-tensors; expected {{name: tensor}}")
+    return ckpt
+
+
+def load_checkpoint(path, device="cpu", clip_weights=None):
+    """(wrapper, preprocess, checkpoint dict) from a train.py checkpoint.
+
+    A checkpoint holding every tensor of its CLIP is rebuilt from them alone (its base weights file may be gone).
+    One holding exactly what its train_mode trains (a linear probe) loads over its base weights: `clip_weights`
+    when given, else the file its config names, either checked against the checkpoint's clip_fingerprint. Any
+    other set of tensors is an error naming the file."""
+    ckpt = read_checkpoint(path)
+    cfg, state, expected = ckpt["config"], ckpt["model"], ckpt.get("clip_fingerprint")
+    name, mode = cfg["clip_model"], cfg["train_mode"]
+    args = TINY_ARGS if name == TINY else openai_args(name)
+    with torch.device("meta"):  # tensor names only: no memory, no random init
+        meta = CLIPWrapper(clip.model.CLIP(**args), mode).model
+    names = set(meta.state_dict())
+    whole = names <= set(state)
+    if not whole:
+        _check_trained_only(path, cfg, set(state), names, {n for n, p in meta.named_parameters() if p.requires_grad})
+    if clip_weights:
+        if name == TINY:
+            raise ValueError(f"{path}: a tiny-model checkpoint has no base weights; --clip_weights is for CLIP")
+        if not Path(clip_weights).is_file():
+            raise FileNotFoundError(f"--clip_weights={clip_weights}: not found")
+        _check_base(path, expected, clip_weights)
+        if whole and not isinstance(expected, dict):
+            print(f"{path} holds every tensor of its model: --clip_weights={clip_weights} is not read "
+                  f"(and the checkpoint records no fingerprint to compare it with)")
+    if whole:
+        model = build_clip(args, state, path)
+    else:
+        model = _base_model(path, cfg, expected, clip_weights)
+        try:
+            model.load_state_dict(state, strict=False)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: its tensors do not fit its base {model_label(name)}: {e}") from None
+    preprocess = clip.clip._transform(args["image_resolution"])
+    return CLIPWrapper(model.float().to(device), mode).eval(), preprocess, ckpt
+
+
+def _check_trained_only(path, cfg, got, names, trained):
+    """A checkpoint that is not the whole model must hold exactly the tensors its train_mode trains."""
+    # photo2shape checkpoints from before train.py stored every tensor leave out the temperature it froze
+    if got in (trained, trained - {"logit_scale"}):
+        return
+    unknown = sorted(got - names)
+    if unknown:
+        raise ValueError(f"{path}: holds tensors a {model_label(cfg['clip_model'])} model lacks: {unknown[:5]}")
+    raise ValueError(f"{path}: a partial checkpoint: it holds {len(got)} of its model's {len(names)} tensors, "
+                     f"neither all of them nor exactly the {len(trained)} that train_mode={cfg['train_mode']} "
+                     f"trains (missing e.g. {sorted(trained - got)[:3]})")
+
+
+def _base_model(path, cfg, expected, clip_weights):
+    """The base CLIP a linear probe's tensors load over, from `clip_weights` or the file the config names."""
+    name, base = cfg["clip_model"], clip_weights or cfg.get("clip_weights") or None
+    if base and not Path(base).is_file():
+        trained_on = f" ({expected['file']})" if isinstance(expected, dict) and "file" in expected else ""
+        raise FileNotFoundError(
+            f"{path}: this train_mode={cfg['train_mode']} checkpoint holds only what it trains and loads over its "
+            f"base weights, and {base} is not found; pass --clip_weights=PATH to the file it was trained "
+            f"from{trained_on}")
+    model, _ = load_clip(name, "cpu", weights=base, seed=cfg.get("seed", 0))
+    if name != TINY and not clip_weights:
+        _check_base(path, expected, weights_path(name, base))
+    return model
+
+
+def _check_base(path, expected, base):
+    """The base weights must be the file the checkpoint was trained from (size and first MB; the name may change)."""
+    if not isinstance(expected, dict):
+        return  # a tiny model, or a checkpoint from before fingerprints were recorded
+    got = weights_fingerprint(base)
+    if any(got[k] != expected.get(k) for k in ("sha256_first_mb", "bytes")):
+        raise ValueError(f"{path} was trained from {expected.get('file')} ({expected.get('bytes')} bytes, sha256 of "
+                         f"its first MB {str(expected.get('sha256_first_mb'))[:12]}), but {base} is another file "
+                         f"({got['bytes']} bytes, {got['sha256_first_mb'][:12]})")
 
 
 DEFAULT_JSONL = "data/pix3d_toy/usable_samples.jsonl"
@@ -190,7 +306,9 @@ def add_model_args(ap):
     """The arguments every evaluation CLI takes to name its model: a checkpoint, or a CLIP for zero-shot."""
     ap.add_argument("--checkpoint", help="weights/<run>/best.pt from train.py")
     ap.add_argument("--clip_model", help="zero-shot without a checkpoint: a CLIP name, or 'tiny'")
-    ap.add_argument("--clip_weights", default=None, help="local OpenAI checkpoint file for --clip_model")
+    ap.add_argument("--clip_weights", default=None,
+                    help="local CLIP weights file (OpenAI's .pt or a torch.save'd state dict): for --clip_model, or "
+                         "the base weights of a --checkpoint that holds only what it trains (a linear probe)")
     ap.add_argument("--data_jsonl", default=None, help=f"default: the checkpoint's, else {DEFAULT_JSONL}")
     ap.add_argument("--device", default="auto")
 
@@ -204,15 +322,15 @@ def load_for_eval(checkpoint=None, clip_model=None, clip_weights=None, device="c
     """The model an evaluation script scores: a train.py checkpoint, or a CLIP as it is (zero-shot).
 
     Returns (wrapper, preprocess, label, run) where run = {"data_jsonl", "run_dir", "config"}: the checkpoint's
-    data and log folder, or the toy data and logs/zero_shot-<model>/ for zero-shot (config None)."""
-    from pathlib import Path
-
+    data and logs/<the checkpoint's folder name>/, or the toy data and logs/zero_shot-<model>/ for zero-shot
+    (config None). The run folder comes from the command line, never from the loaded file, so that a checkpoint
+    cannot choose where reports are written."""
     if checkpoint:
-        wrapper, preprocess, ckpt = load_checkpoint(checkpoint, device)
+        wrapper, preprocess, ckpt = load_checkpoint(checkpoint, device, clip_weights=clip_weights)
         cfg = ckpt["config"]
-        run_name = cfg.get("run_name") or Path(checkpoint).parent.name
+        run_name = Path(checkpoint).resolve().parent.name
         label = f"{model_label(cfg['clip_model'])}, {cfg['train_mode']} ({run_name}/{Path(checkpoint).name})"
-        run = {"data_jsonl": cfg["data_jsonl"], "run_dir": Path(cfg.get("logs_dir", "logs")) / run_name, "config": cfg}
+        run = {"data_jsonl": cfg.get("data_jsonl", DEFAULT_JSONL), "run_dir": Path("logs") / run_name, "config": cfg}
         return wrapper, preprocess, label, run
     model, preprocess = load_clip(clip_model, device, weights=clip_weights)
     run = {"data_jsonl": DEFAULT_JSONL, "run_dir": Path("logs") / f"zero_shot-{clip_model.replace('/', '-')}",
