@@ -3,17 +3,13 @@
     python train_clip_full.py                         # ViT-B/32, pretrained
     python train_clip_full.py --clip_model=tiny --lr=5e-4   # offline: a tiny random-init model from scratch
     torchrun --nproc_per_node=2 train_clip_full.py    # several GPUs (gloo on CPU)
-Any config key of train.py can be overridden as --key=value. This file only chooses a preset; the loop is train.py's.
+Any config key of train.py can be overridden as --key=value. This file only states what differs from
+train.py's defaults; the loop is train.py's.
 """
 import train
 
 PRESET = dict(
     train_mode="full",
-    lr=1e-5,           # small: pretrained CLIP forgets quickly
-    weight_decay=0.2,
-    epochs=10,
-    batch_size=64,
-    warmup_steps=50,
     augment=True,
 )
 

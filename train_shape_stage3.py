@@ -3,7 +3,8 @@ renders and captions of one 3D model are all positives; warm-started from stage 
 
     python train_shape_stage3.py --init_from=weights/<stage 2 run>/best.pt
     python train_shape_stage3.py --clip_model=tiny --lr=2e-4 --init_from=weights/<stage 2 run>/best.pt
-Any config key of train.py can be overridden as --key=value. This file only chooses a preset; the loop is train.py's.
+Any config key of train.py can be overridden as --key=value. This file only states what differs from
+train.py's defaults; the loop is train.py's.
 """
 import train
 
@@ -11,16 +12,9 @@ PRESET = dict(
     task="photo2shape",
     train_mode="full",
     shape_loss="supcon",
-    lr=1e-5,
-    weight_decay=0.2,
     epochs=20,
-    pk_models=16,
-    pk_images=4,
-    pk_photos=2,
     warmup_steps=20,
     augment=True,
-    patience=5,
-    select_metric="photo2shape_mAP",
 )
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import json  # noqa: E402
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
@@ -46,3 +47,21 @@ def make_synthetic_dataset(root, views_per_model=4, size=48):
 @pytest.fixture(scope="session")
 def synthetic_jsonl(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
+def run_train(root, jsonl, *extra, preset=None, batch_size=8):
+    """train.main on the tiny model with small, fast settings; folders under `root`, run name "run"."""
+    import train
+
+    argv = [f"--data_jsonl={jsonl}", "--clip_model=tiny", "--num_workers=0", f"--batch_size={batch_size}",
+            "--draws_per_model=2", "--warmup_steps=2", "--lr=5e-4", f"--logs_dir={root}/logs",
+            f"--weights_dir={root}/weights", f"--cache_dir={root}/cache", "--run_name=run", *extra]
+    return train.main(argv, preset=preset)
+
+
+def torchrun(script, *args, port):
+    """`torchrun --nproc_per_node=2 script args` on the CPU (gloo), one thread per process; the finished process."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(ROOT / script), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -1,7 +1,5 @@
 """The training loop end to end on the tiny model and a synthetic dataset: resume, caching, failures, DDP."""
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +7,7 @@ import torch
 
 import features
 import train
+from conftest import run_train, torchrun
 from tasks import text2shape
 from models.clip_wrapper import load_checkpoint
 
@@ -16,10 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(tmp_path, jsonl, *extra, preset=None):
-    argv = [f"--data_jsonl={jsonl}", "--clip_model=tiny", "--num_workers=0", "--batch_size=8",
-            "--draws_per_model=2", "--warmup_steps=2", "--lr=5e-4", f"--logs_dir={tmp_path}/logs",
-            f"--weights_dir={tmp_path}/weights", f"--cache_dir={tmp_path}/cache", "--run_name=run", *extra]
-    return train.main(argv, preset=preset)
+    return run_train(tmp_path, jsonl, *extra, preset=preset)
 
 
 def weights(path):
@@ -127,12 +123,9 @@ def test_zero_shot_only_evaluates(tmp_path, synthetic_jsonl):
 
 def test_ddp_two_cpu_processes(tmp_path, synthetic_jsonl):
     """torchrun with gloo: both ranks train, rank 0 alone writes logs and checkpoints."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           str(ROOT / "train_clip_full.py"), f"--data_jsonl={synthetic_jsonl}", "--clip_model=tiny",
-           "--num_workers=0", "--batch_size=4", "--draws_per_model=2", "--epochs=1", "--warmup_steps=1",
-           f"--logs_dir={tmp_path}/logs", f"--weights_dir={tmp_path}/weights", "--run_name=ddp"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    res = torchrun("train_clip_full.py", f"--data_jsonl={synthetic_jsonl}", "--clip_model=tiny", "--num_workers=0",
+                   "--batch_size=4", "--draws_per_model=2", "--epochs=1", "--warmup_steps=1",
+                   f"--logs_dir={tmp_path}/logs", f"--weights_dir={tmp_path}/weights", "--run_name=ddp", port=29517)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "world size 2" in res.stdout and res.stdout.count("epoch 1/1") == 1
     assert (tmp_path / "weights/ddp/last.pt").exists()
