@@ -10,8 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from evaluate_caption import evaluate_caption
 from features import cached_features
+from metrics.caption import evaluate_caption
 from models.caption_decoder import (PAD, CaptionDecoder, build_vocab, decode_kwargs, encode_captions, group_views,
                                     soft_text_embedding)
 from models.clip_wrapper import CLIPWrapper, load_checkpoint, model_label

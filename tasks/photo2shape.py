@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from eval_shape_retrieval import evaluate_photo2shape
+from metrics.evaluate import evaluate_photo2shape
 from models.clip_wrapper import tokenize
 from models.losses import ShapeLoss, parse_shape_loss
 from multiview_dataset import PKSampler, ShapeImageDataset

@@ -6,11 +6,11 @@ never runs the encoders. Validation: Recall@K both ways on the val split, shapes
 """
 import torch
 
-from eval_recall import evaluate_retrieval
 from features import cached_features, encode_dataset
 from models.clip_wrapper import tokenize
 from models.losses import build_loss
 from multiview_dataset import MultiViewDataset
+from metrics.retrieval import evaluate_retrieval
 from tasks.clip_task import ClipTask
 
 
