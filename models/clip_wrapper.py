@@ -262,7 +262,7 @@ def load_checkpoint(path, device="cpu", clip_weights=None):
 
 def _check_trained_only(path, cfg, got, names, trained):
     """A checkpoint that is not the whole model must hold exactly the tensors its train_mode trains."""
-    # photo2shape checkpoints from before train.py stored every tensor leave out the temperature it froze
+    # photo2shape without supcon freezes the temperature: its trained tensors then lack logit_scale
     if got in (trained, trained - {"logit_scale"}):
         return
     unknown = sorted(got - names)
