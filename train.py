@@ -220,8 +220,9 @@ def _fit(cfg, task, ckpt, rank, world, dev):
     if not task.trains():
         metrics = task.validate()
         if rank == 0:
-            write_json(log_dir / "config.json", cfg)
-            write_json(log_dir / "results.json", {"model": task.label, "val": metrics, **task.extra_results})
+            write_json(log_dir / "config.json", {**cfg, **task.provenance})
+            write_json(log_dir / "results.json", {"model": task.label, **task.provenance, "val": metrics,
+                                                  **task.extra_results})
             say(format_metrics("val (zero-shot)", metrics))
         return {"run_dir": str(log_dir), "val": metrics}
     steps_per_epoch = task.steps_per_epoch()
@@ -257,7 +258,7 @@ def _fit(cfg, task, ckpt, rank, world, dev):
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
-        write_json(log_dir / "config.json", cfg)
+        write_json(log_dir / "config.json", {**cfg, **task.provenance})
         writer = SummaryWriter(str(log_dir))
         say(f"run: {log_dir}  checkpoints: {ckpt_dir}")
     loop = dict(net=net, ddp=ddp, params=params, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -274,8 +275,9 @@ def _fit(cfg, task, ckpt, rank, world, dev):
             writer.close()
     if rank == 0:
         say(f"best {task.select_metric} {run.best:.4f} at epoch {run.best_epoch + 1}; {task.label}")
-        write_json(log_dir / "results.json", {"model": task.label, "best_epoch": run.best_epoch + 1, "val": run.metrics,
-                                              "best_" + task.select_metric: run.best, **task.extra_results})
+        write_json(log_dir / "results.json", {"model": task.label, **task.provenance, "best_epoch": run.best_epoch + 1,
+                                              "val": run.metrics, "best_" + task.select_metric: run.best,
+                                              **task.extra_results})
     return {"run_dir": str(log_dir), "weights_dir": str(ckpt_dir), "val": run.metrics, "best": run.best}
 
 

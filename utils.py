@@ -3,6 +3,7 @@
 Every script imports from here; nothing in this file has side effects at import time.
 """
 import ast
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,11 @@ def get_device(device="auto"):
 
 # ----------------------------------------------------------------------------- distributed, AMP, RNG state
 def setup_distributed(device="auto"):
-    """(rank, world_size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; each rank takes its local GPU."""
+    """(rank, world_size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; each rank takes its local GPU (a
+    --device=cuda:N under torchrun would put every rank on GPU N)."""
+    import datetime
+    import warnings
+
     import torch
     import torch.distributed as dist
 
@@ -47,11 +52,27 @@ def setup_distributed(device="auto"):
         return 0, 1, dev
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.startswith("cuda"):
+        if dev not in ("cuda", f"cuda:{local_rank}"):
+            warnings.warn(f"--device={dev} under torchrun: local rank {local_rank} uses cuda:{local_rank}")
         torch.cuda.set_device(local_rank)
         dev = f"cuda:{local_rank}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
+        # generous: ranks wait at barriers while rank 0 alone builds a feature cache or downloads weights
+        dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo", timeout=datetime.timedelta(hours=2))
     return dist.get_rank(), dist.get_world_size(), dev
+
+
+@contextlib.contextmanager
+def rank_zero_first(rank, world):
+    """Rank 0 runs the block first and the other ranks after it: a download or a cache is written once, then
+    read by the others (concurrent writers of one file corrupt it)."""
+    import torch.distributed as dist
+
+    if world > 1 and rank != 0:
+        dist.barrier()
+    yield
+    if world > 1 and rank == 0:
+        dist.barrier()
 
 
 def autocast_dtype(dev, enabled=True):

@@ -257,7 +257,8 @@ def soft_text_embedding(clip_model, probs, clip_token_ids, eot_pos):
     length = x.shape[1]
     x = (x + clip_model.positional_embedding[:length]).permute(1, 0, 2)
     for blk in clip_model.transformer.resblocks:  # ResidualAttentionBlock.forward with a shorter causal mask
-        mask = blk.attn_mask[:length, :length].to(x.dtype) if blk.attn_mask is not None else None
+        # attn_mask is a plain attribute of CLIP's blocks, not a buffer: model.to(device) leaves it on the CPU
+        mask = blk.attn_mask[:length, :length].to(x.device, x.dtype) if blk.attn_mask is not None else None
         h = blk.ln_1(x)
         x = x + blk.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
         x = x + blk.mlp(blk.ln_2(x))

@@ -16,7 +16,7 @@ from models.caption_decoder import (PAD, CaptionDecoder, build_vocab, decode_kwa
                                     soft_text_embedding)
 from models.clip_wrapper import CLIPWrapper, load_checkpoint, model_label
 from models.losses import ClipLoss
-from utils import param_groups
+from utils import param_groups, rank_zero_first
 
 
 def shape_data(wrapper, preprocess, clip_ckpt, cfg, split, dev):
@@ -87,15 +87,20 @@ class Captioner:
         self.cfg = cfg
         self.select_metric = cfg["select_metric"]
         self.extra_results = {}
+        self.provenance = {}
 
     def setup(self, dev, rank, world, ckpt=None):
         cfg = self.cfg
         self.dev, self.rank, self.world = dev, rank, world
-        wrapper, preprocess, clip_ckpt = load_checkpoint(cfg["clip_checkpoint"], dev)
+        with rank_zero_first(rank, world):  # its base weights may download on first use: once
+            wrapper, preprocess, clip_ckpt = load_checkpoint(cfg["clip_checkpoint"], dev)
         self.wrapper = CLIPWrapper(wrapper.model, "zero_shot").eval()  # frozen: nothing of CLIP trains here
         self.label = f"{model_label(clip_ckpt['config']['clip_model'])}, {clip_ckpt['config']['train_mode']}"
-        self.train_data = shape_data(self.wrapper, preprocess, clip_ckpt, cfg, "train", dev)
-        self.val_data = shape_data(self.wrapper, preprocess, clip_ckpt, cfg, "val", dev)
+        self.provenance = {"clip_checkpoint": str(cfg["clip_checkpoint"]),
+                           "clip_fingerprint": clip_ckpt.get("clip_fingerprint")}
+        with rank_zero_first(rank, world):  # rank 0 writes the feature cache, the others read it
+            self.train_data = shape_data(self.wrapper, preprocess, clip_ckpt, cfg, "train", dev)
+            self.val_data = shape_data(self.wrapper, preprocess, clip_ckpt, cfg, "val", dev)
         if ckpt is not None:
             dec = CaptionDecoder(**ckpt["decoder_args"])
             dec.load_state_dict(ckpt["model"])

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import torch
 
-from models.clip_wrapper import CLIPWrapper, load_clip, model_label
-from utils import param_groups
+from models.clip_wrapper import CLIPWrapper, clip_fingerprint, load_clip, model_label, read_checkpoint
+from utils import param_groups, rank_zero_first
 
 
 class ClipTask:
@@ -23,15 +23,19 @@ class ClipTask:
         """Load CLIP in the run's train mode, with the weights of the resumed checkpoint or of init_from."""
         cfg = self.cfg
         self.dev, self.rank, self.world = dev, rank, world
-        model, self.preprocess = load_clip(cfg["clip_model"], dev, weights=cfg["clip_weights"] or None,
-                                           seed=cfg["seed"])
+        with rank_zero_first(rank, world):  # a first use downloads the weights: once, not by every rank at once
+            model, self.preprocess = load_clip(cfg["clip_model"], dev, weights=cfg["clip_weights"] or None,
+                                               seed=cfg["seed"])
         if ckpt is not None:
             model.load_state_dict(ckpt["model"], strict=False)
         elif cfg["init_from"]:
             n = load_init(model, cfg)
             self.say(f"init_from {cfg['init_from']}: loaded {n} tensors (model weights only)")
         self.wrapper = CLIPWrapper(model, cfg["train_mode"]).to(dev)
-        self.label = model_label(cfg["clip_model"])
+        fingerprint = clip_fingerprint(cfg["clip_model"], cfg["clip_weights"] or None)
+        self.provenance = {"clip_fingerprint": fingerprint}
+        self.label = model_label(cfg["clip_model"]) + (
+            f" ({fingerprint['file']}, sha256 of its first MB {fingerprint['sha256_first_mb'][:12]})" if fingerprint else "")
 
     def trains(self):
         return self.cfg["train_mode"] != "zero_shot"
@@ -48,7 +52,7 @@ class ClipTask:
         from the base weights stores only what it trains (the base file then comes along)."""
         linear_on_base = self.cfg["train_mode"] == "linear" and not self.cfg["init_from"]
         state = self.wrapper.trainable_state_dict() if linear_on_base else self.wrapper.model.state_dict()
-        return {"model": {k: v.detach().clone() for k, v in state.items()}, "model_label": self.label}
+        return {"model": {k: v.detach().clone() for k, v in state.items()}, "model_label": self.label, **self.provenance}
 
 
 SCALE_MAX = 4.605170185988092  # log(100): CLIP's temperature clamp, logit scale <= 100
@@ -60,10 +64,8 @@ def load_init(model, cfg):
     path = Path(cfg["init_from"])
     if not path.is_file():
         raise FileNotFoundError(f"--init_from={path}: not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or ckpt.get("kind", "clip") != "clip":
-        raise ValueError(f"--init_from={path}: not a train.py CLIP checkpoint")
-    src = ckpt.get("config", {})
+    ckpt = read_checkpoint(path)  # names the file when it is not a CLIP checkpoint of train.py
+    src = ckpt["config"]
     for key in ("clip_model", "clip_weights"):
         if src.get(key, cfg[key]) != cfg[key]:
             raise ValueError(f"--init_from={path}: trained with {key}={src[key]!r}, this run has {cfg[key]!r}")

@@ -12,6 +12,7 @@ from models.losses import build_loss
 from multiview_dataset import MultiViewDataset
 from metrics.retrieval import evaluate_retrieval
 from tasks.clip_task import ClipTask
+from utils import rank_zero_first
 
 
 def collate_pairs(batch):
@@ -70,22 +71,12 @@ class Text2Shape(ClipTask):
 
     def _linear_caches(self):
         """Rank 0 computes the features (or finds them cached); the others then read them."""
-        import torch.distributed as dist
-
         cfg = self.cfg
         identity = {k: cfg[k] for k in ("clip_model", "clip_weights", "init_from")}
         identity["seed"] = cfg["seed"] if cfg["clip_model"] == "tiny" else ""  # a random init depends on it
-
-        def load(split):
-            return cached_features(self.wrapper, self.preprocess, cfg["data_jsonl"], split, self.dev,
-                                   cfg["cache_dir"], identity, cfg["num_workers"])
-        if self.rank == 0:
-            caches = load("train"), load("val")
-        if self.world > 1:
-            dist.barrier()
-            if self.rank != 0:
-                caches = load("train"), load("val")
-        return caches
+        with rank_zero_first(self.rank, self.world):
+            return tuple(cached_features(self.wrapper, self.preprocess, cfg["data_jsonl"], split, self.dev,
+                                         cfg["cache_dir"], identity, cfg["num_workers"]) for split in ("train", "val"))
 
     def _build_loader(self):
         cfg = self.cfg

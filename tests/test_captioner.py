@@ -128,6 +128,19 @@ def test_soft_text_embedding_equals_encode_text_on_one_hot():
     assert probs.grad.abs().sum() > 0  # differentiable in the token distributions
 
 
+def test_soft_text_embedding_follows_the_model_device():
+    """CLIP's attention masks stay on the CPU when the model moves (they are not buffers): on a GPU after a
+    feature-cache hit nothing else moved them. The meta device stands in for the GPU."""
+    import clip
+
+    from models.clip_wrapper import TINY_ARGS
+
+    model = clip.model.CLIP(**TINY_ARGS).to("meta")
+    probs = torch.rand(2, 5, 10, device="meta")
+    out = soft_text_embedding(model, probs, torch.arange(10, device="meta"), torch.tensor([3, 4], device="meta"))
+    assert out.shape == (2, TINY_ARGS["embed_dim"]) and out.device.type == "meta"
+
+
 # ----------------------------------------------------------------------------- training and CLIs
 @pytest.fixture(scope="module")
 def clip_ckpt(tmp_path_factory, synthetic_jsonl):

@@ -228,3 +228,41 @@ def test_ddp_cosine_loss_with_accumulation(tmp_path, synthetic_jsonl):
     assert "destroy_process_group" not in res.stderr
     ckpt = torch.load(tmp_path / "weights/ddp/last.pt", weights_only=True)
     assert ckpt["step"] == 3  # 24 draws / (2 per rank x 2 ranks) = 6 batches, 3 optimizer steps
+
+
+def _rank_order_worker(rank, world, store_path, log_path):
+    import time
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
+    with utils.rank_zero_first(rank, world):
+        with open(log_path, "a") as f:
+            f.write(f"enter {rank}\n")
+            f.flush()
+            time.sleep(0.5 if rank == 0 else 0.0)  # rank 1, if it did not wait, would enter meanwhile
+            f.write(f"leave {rank}\n")
+    dist.destroy_process_group()
+
+
+def test_rank_zero_loads_first(tmp_path):
+    """All ranks loading CLIP at once on a fresh cache corrupt the download: rank 0 goes first, then the rest."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_order_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "log")), nprocs=2)
+    assert (tmp_path / "log").read_text().split("\n")[:4] == ["enter 0", "leave 0", "enter 1", "leave 1"]
+
+
+def test_explicit_cuda_device_under_torchrun_follows_the_local_rank(monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    with pytest.warns(UserWarning, match="cuda:0 under torchrun"):
+        assert utils.setup_distributed("cuda:0") == (1, 2, "cuda:1")
+    assert chosen == [1]
