@@ -16,6 +16,7 @@ The wrapper splits each tower into a frozen-able backbone and its projection, so
 the backbone's (pre-projection) features once and train only the projections and the temperature.
 """
 import contextlib
+import weakref
 import os
 from pathlib import Path
 
@@ -173,20 +174,32 @@ class CLIPWrapper(nn.Module):
         return self.encode_image(images), self.encode_text(tokens)
 
 
+class _IdentityProjection(nn.Module):
+    """Stands in for an attention pool's c_proj (weight I, bias 0) without drawing random numbers, as building an
+    nn.Linear would (that would shift the training RNG stream on every forward)."""
+
+    def __init__(self, c_proj):
+        super().__init__()
+        dim, kw = c_proj.in_features, dict(device=c_proj.weight.device, dtype=c_proj.weight.dtype)
+        self.register_buffer("weight", torch.eye(dim, **kw), persistent=False)
+        self.register_buffer("bias", torch.zeros(dim, **kw), persistent=False)
+
+
 @contextlib.contextmanager
 def _identity_output_projection(attnpool):
     """Run a ModifiedResNet's attention pool with c_proj = identity, exposing its pre-projection output."""
     c_proj = attnpool.c_proj
-    dim = c_proj.in_features
-    eye = nn.Linear(dim, dim).to(c_proj.weight.device, c_proj.weight.dtype)
-    with torch.no_grad():
-        eye.weight.copy_(torch.eye(dim))
-        eye.bias.zero_()
+    eye = _EYES.get(c_proj)
+    if eye is None or eye.weight.device != c_proj.weight.device or eye.weight.dtype != c_proj.weight.dtype:
+        eye = _EYES[c_proj] = _IdentityProjection(c_proj)
     attnpool.c_proj = eye
     try:
         yield
     finally:
         attnpool.c_proj = c_proj
+
+
+_EYES = weakref.WeakKeyDictionary()  # one identity per attention pool projection, kept while the model lives
 
 
 def tokenize(texts, context_length=77):

@@ -23,6 +23,20 @@ def test_split_towers_equal_clip_encoders(arch):
         assert torch.allclose(wrapper.encode_text(tokens), model.encode_text(tokens), atol=1e-5)
 
 
+def test_resnet_backbone_draws_no_random_numbers():
+    """The ResNet backbone's pre-projection features must not consume the RNG (a training run's stream would shift
+    with every forward) nor change the model's parameters."""
+    model = small_resnet_clip()
+    wrapper = CLIPWrapper(model, "linear").eval()
+    names = [n for n, _ in model.named_parameters()]
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        wrapper.image_backbone(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+        wrapper.image_backbone(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [n for n, _ in model.named_parameters()] == names and "visual.attnpool.c_proj.weight" in names
+
+
 def test_train_modes_freeze_exactly_what_they_say():
     model, _ = load_clip("tiny")
     counts = {}
