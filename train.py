@@ -15,19 +15,17 @@ non-finite guard, TensorBoard, validation, early stopping, atomic checkpoints, C
 the captioner task through the same fit().
 """
 import contextlib
-import glob
 import math
-import os
 import secrets
 import signal
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from checkpoints import find_latest, load_resume
 from tasks.photo2shape import Photo2Shape
 from tasks.text2shape import Text2Shape
 from utils import (apply_overrides, atomic_torch_save, autocast_dtype, rng_state, set_rng_state, set_seed,
@@ -120,42 +118,6 @@ def check_config(cfg):
     for key in NOT_NEGATIVE:
         if key in cfg and cfg[key] < 0:
             raise ValueError(f"--{key}={cfg[key]}: must not be negative")
-
-
-def checkpoint_kind(ckpt):
-    return ckpt.get("kind") or ("captioner" if "decoder_args" in ckpt else "clip")
-
-
-def load_resume(path, kind):
-    """A last.pt to continue: an error naming the file when it is missing, unreadable or of another kind."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume={path}: not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"--resume={path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"--resume={path}: not a last.pt of a training run (best.pt keeps only the model; "
-                         f"resume from last.pt)")
-    if checkpoint_kind(ckpt) != kind:
-        raise ValueError(f"--resume={path}: a {checkpoint_kind(ckpt)} run, not a {kind} run")
-    return ckpt
-
-
-def find_latest(weights_root, kind):
-    """The newest readable <weights_root>/*/last.pt of a run of this kind; unreadable ones are skipped with a
-    warning (the checkpoint is memory-mapped: only its small entries are read)."""
-    for path in sorted(glob.glob(os.path.join(weights_root, "*", "last.pt")), key=os.path.getmtime, reverse=True):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:
-            warnings.warn(f"--resume=latest: skipping {path}: unreadable ({type(e).__name__})")
-            continue
-        if checkpoint_kind(ckpt) == kind:
-            print(f"--resume=latest: {path}")
-            return Path(path)
-    raise FileNotFoundError(f"--resume=latest: no readable {weights_root}/*/last.pt of a {kind} run")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -273,11 +235,14 @@ def _fit(cfg, task, ckpt, rank, world, dev):
     finally:
         if writer:
             writer.close()
+    speed = throughput(loop)
+    say(f"throughput: {speed['samples_per_second_per_rank']:.1f} training samples/s per process"
+        + (f", peak GPU memory {speed['peak_gpu_memory_gib']:.2f} GiB" if "peak_gpu_memory_gib" in speed else ""))
     if rank == 0:
         say(f"best {task.select_metric} {run.best:.4f} at epoch {run.best_epoch + 1}; {task.label}")
         write_json(log_dir / "results.json", {"model": task.label, **task.provenance, "best_epoch": run.best_epoch + 1,
                                               "val": run.metrics, "best_" + task.select_metric: run.best,
-                                              **task.extra_results})
+                                              "throughput": speed, **task.extra_results})
     return {"run_dir": str(log_dir), "weights_dir": str(ckpt_dir), "val": run.metrics, "best": run.best}
 
 
@@ -300,6 +265,7 @@ def _epochs(cfg, task, run, loop, resume_rng, say):
             _train_batch(cfg, task, run, loop, i, batch, sums)
             if cfg["max_steps"] and run.step >= cfg["max_steps"] and run.batches_done == i + 1:
                 break
+        loop["train_seconds"] = loop.get("train_seconds", 0.0) + time.time() - t0
         run.metrics = task.validate()
         if world > 1:  # rank 0's metrics decide for every rank: all stop together
             box = [run.metrics]
@@ -361,6 +327,7 @@ def _train_batch(cfg, task, run, loop, i, batch, sums):
         scaler.scale(loss / accum).backward()
     for k, v in out.items():
         sums[k] = sums.get(k, 0.0) + v.detach().float()
+    loop["samples"] = loop.get("samples", 0) + len(batch[0])
     if not boundary:
         return
     if loop["world"] > 1 and not loop["ddp"]:  # no DDP wrapper (linear probe): average the gradients here
@@ -384,6 +351,14 @@ def _train_batch(cfg, task, run, loop, i, batch, sums):
         for k, v in out.items():
             writer.add_scalar(f"train/{k}", v.item(), run.step)
         writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], run.step)
+
+
+def throughput(loop):
+    """Training samples per second of this process (validation excluded) and, on a GPU, its peak memory."""
+    out = {"samples_per_second_per_rank": loop.get("samples", 0) / max(loop.get("train_seconds", 0.0), 1e-9)}
+    if loop["dev"].startswith("cuda"):
+        out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(loop["dev"]) / 2**30
+    return out
 
 
 def format_metrics(title, metrics):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
 import train
 from conftest import run_train, torchrun
 import utils
@@ -157,7 +158,7 @@ def test_resume_latest_takes_the_newest_run_of_its_kind(tmp_path, synthetic_json
     broken.write_bytes(b"PK\x03\x04 truncated")
     os.utime(broken)
     with pytest.warns(UserWarning, match="zzz-broken"):
-        assert train.find_latest(str(tmp_path / "weights"), "clip") == tmp_path / "weights/clip-run/last.pt"
+        assert checkpoints.find_latest(str(tmp_path / "weights"), "clip") == tmp_path / "weights/clip-run/last.pt"
     with pytest.raises(ValueError, match="a captioner run, not a clip run"):
         run(tmp_path, synthetic_jsonl, f"--resume={newer}")
 
