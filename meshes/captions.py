@@ -1,11 +1,14 @@
 """The one caption vocabulary: colour words, part counts and the captions built from a model's attributes.
 
 The toy generator paints its models with exactly the colours of COLOR_WORDS, so the colour a toy model is
-given is the word its captions use (color_word of its material colour gives the same name back).
+given is the word its captions use (color_word of its material colour gives the same name back). The colour of
+a real model is read from its renders (view_colors): a texture paints the model, not the .mtl's diffuse colour.
 """
 import re
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 # Plain colour words and a representative sRGB value for each; nearest neighbour names a material colour.
 COLOR_WORDS = {
@@ -24,6 +27,61 @@ def color_word(rgb):
     return min(COLOR_WORDS, key=lambda w: sum((a - b) ** 2 for a, b in zip(COLOR_WORDS[w], rgb)))
 
 
+ACHROMATIC = ("white", "gray", "black")
+# Shading scales a surface's colour by about 0.45 (sides turned from the lights) to 1.15 (lit from above and
+# in front), so a pixel matches a colour word at any brightness in this range (meshes/render.py's light rig).
+SHADING = (0.4, 1.2)
+
+
+def pixel_words(pixels):
+    """The colour word of each RGB pixel (N x 3, 0-255) of one model's shaded renders. A chromatic word matches
+    at any brightness in SHADING (a yellow side in shadow is dark yellow, not brown). White and gray differ
+    only in brightness, and a white side in shadow is darker than a gray face in the light, so the model's
+    light achromatic pixels are named together, by the brightness of their lit faces (90th percentile)."""
+    p = np.asarray(pixels, dtype=np.float64).reshape(-1, 3)
+    chromatic = [w for w in COLOR_WORDS if w not in ACHROMATIC]
+    c = np.array([COLOR_WORDS[w] for w in chromatic], dtype=np.float64)
+    pp, pc, cc = (p ** 2).sum(1)[:, None], p @ c.T, (c ** 2).sum(1)[None]
+    s = np.clip(pc / cc, *SHADING)
+    d2 = np.c_[pp - 2 * s * pc + s ** 2 * cc, pp[:, 0] - 3 * p.mean(1) ** 2]  # last column: the gray axis
+    words = np.array(chromatic + ["light"], dtype=object)[d2.argmin(1)]
+    brightness = p.mean(1)
+    words[(words == "light") & (brightness < 45) | (p.max(1) < 35)] = "black"  # too dark to tell a hue
+    light = words == "light"
+    if light.any():
+        words[light] = "white" if np.percentile(brightness[light], 90) >= 185 else "gray"
+    return words
+
+
+def object_pixels(image):
+    """The object's pixels of one render (H x W x 3 uint8): everything but the background, which is the most
+    common colour of the image border (white unless rendered with --bg). The outermost object pixels, blended
+    with the background, are left out when enough remain."""
+    a = np.asarray(image)[..., :3]
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    values, counts = np.unique(border, axis=0, return_counts=True)
+    bg = values[counts.argmax()].astype(int)
+    fg = np.abs(a.astype(int) - bg).max(-1) > 8
+    inner = fg.copy()
+    inner[1:] &= fg[:-1]
+    inner[:-1] &= fg[1:]
+    inner[:, 1:] &= fg[:, :-1]
+    inner[:, :-1] &= fg[:, 1:]
+    return a[inner] if inner.sum() >= 0.5 * fg.sum() else a[fg]
+
+
+def view_colors(images, max_pixels=200_000):
+    """[(colour word, fraction of the object's area)], largest first, over a model's rendered views (arrays or
+    PIL images), or [] when no view shows the object. Area is counted in pixels over all views."""
+    pixels = [object_pixels(im) for im in images]
+    pixels = np.concatenate(pixels) if pixels else np.zeros((0, 3), np.uint8)
+    if len(pixels) == 0:
+        return []
+    pixels = pixels[:: max(1, len(pixels) // max_pixels)]  # an even sample: the fractions, not every pixel
+    counts = Counter(pixel_words(pixels).tolist())
+    return [(w, n / len(pixels)) for w, n in counts.most_common()]
+
+
 def readable_name(model_id):
     """'bed/IKEA_MALM_2' -> 'IKEA MALM'. Names that carry no meaning (toy or scan ids) give None."""
     name = Path(model_id).name
@@ -32,9 +90,10 @@ def readable_name(model_id):
     return re.sub(r"_\d+$", "", name).replace("_", " ")
 
 
-def measure_mesh(obj_path):
-    """Attributes measured from the mesh itself: dominant material colour (by face area) and proportions."""
-    import numpy as np
+def measure_mesh(obj_path, up="y"):
+    """Attributes measured from the mesh itself: dominant material colour (by face area; what the .mtl says,
+    the fallback when there are no renders), proportions (`up`: the model axis pointing up, as rendered) and
+    the number of parts its .obj names."""
     import trimesh
 
     scene = trimesh.load(obj_path, force="scene", process=False)
@@ -52,11 +111,36 @@ def measure_mesh(obj_path):
             rgb = tuple(int(c) for c in np.asarray(geom.visual.face_colors)[:, :3].mean(0))
         if rgb is not None:
             area[color_word(rgb)] += float(geom.area_faces.sum())
-    out = {"color": area.most_common(1)[0][0] if area else None}
+    out = {"color": area.most_common(1)[0][0] if area else None, "n_parts": obj_part_count(obj_path)}
     if scene.extents is not None:
-        w, h, d = (float(x) for x in scene.extents)  # Pix3D models are y-up
+        x, y, z = (float(v) for v in scene.extents)
+        w, h, d = (x, z, y) if up.endswith("z") else (x, y, z)
         out["size"] = {"width": w, "height": h, "depth": d}
     return out
+
+
+def obj_part_count(obj_path):
+    """How many parts an .obj names: its distinct `o` objects, else its distinct `g` groups (0 for none)."""
+    data = Path(obj_path).read_bytes()
+    for key in (rb"o", rb"g"):
+        names = set(re.findall(rb"^" + key + rb"[ \t]+(\S[^\r\n]*)", data, re.M))
+        if names:
+            return len(names)
+    return 0
+
+
+def size_classes(sizes):
+    """{model_id: 'small' | 'large'} of {model_id: size dict} of one category: small below 0.8 times the
+    category's median diagonal, large above 1.25 times. Nothing when the models vary less than that (meshes
+    normalised to one size say nothing about size)."""
+    diag = {m: float(np.linalg.norm([s["width"], s["height"], s["depth"]])) for m, s in sizes.items() if s}
+    if len(diag) < 3:
+        return {}
+    median = float(np.median(list(diag.values())))
+    if median <= 0 or max(diag.values()) < 1.25 * min(diag.values()):
+        return {}
+    return {m: "small" if d < 0.8 * median else "large" for m, d in diag.items()
+            if d < 0.8 * median or d > 1.25 * median}
 
 
 def shape_word(size):
@@ -79,6 +163,10 @@ def with_article(phrase):
     return ("an " if phrase[:1].lower() in tuple("aeiou") else "a ") + phrase
 
 
+def number_word(n):
+    return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
+
+
 def singular(noun):
     for plural, single in (("shelves", "shelf"), ("ies", "y"), ("ches", "ch"), ("shes", "sh"), ("s", "")):
         if noun.endswith(plural):
@@ -92,7 +180,7 @@ def parts_phrase(parts):
     for part, n in sorted((parts or {}).items()):
         if not isinstance(n, int) or n <= 0:
             continue
-        word = NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
+        word = number_word(n)
         noun = part if n > 1 else singular(part)
         items.append(f"{word} {noun}")
     if not items:
@@ -100,12 +188,18 @@ def parts_phrase(parts):
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def build_captions(category, attributes, name=None):
-    """True captions of one model from what is known: category, name, colour, proportions, parts. A model
-    known only by its category gets the one caption that says so ("a chair")."""
+def caption_noun(category, attributes):
+    """What a caption calls the model: its style ('armchair'), else its category's noun."""
     noun = attributes.get("style") or CATEGORY_NOUNS.get(category, category)
     if attributes.get("style") and category not in noun and category not in ("misc", "tool"):
         noun = f"{attributes['style']} {category}"
+    return noun
+
+
+def build_captions(category, attributes, name=None):
+    """True captions of one model from what is known: category, name, colour, proportions, parts. A model
+    known only by its category gets the one caption that says so ("a chair")."""
+    noun = caption_noun(category, attributes)
     color, shape = attributes.get("color"), attributes.get("shape")
     parts = parts_phrase(attributes.get("parts"))
     adj = " ".join(w for w in (shape, color) if w)
@@ -121,3 +215,57 @@ def build_captions(category, attributes, name=None):
     if name:
         caps.append(f"the {name} {noun}" + (f" in {color}" if color else ""))
     return list(dict.fromkeys(caps))  # unique, order kept
+
+
+def proportions_phrase(size):
+    """'1.5 times as tall as it is wide and 0.8 times as deep', from the bounding box (one decimal)."""
+    w, h, d = size["width"], size["height"], size["depth"]
+    if w <= 0:
+        return None
+    return f"{h / w:.1f} times as tall as it is wide and {d / w:.1f} times as deep"
+
+
+def detail_captions(category, attributes):
+    """More specific true captions, for a model whose captions all belong to another model too; the plainer
+    first: a second colour, a size class, the number of parts of its .obj, then all of them, then its
+    measured proportions."""
+    noun = caption_noun(category, attributes)
+    color, second = attributes.get("color"), attributes.get("second_color")
+    colors = f"{color} and {second}" if color and second else color
+    size_class, shape = attributes.get("size_class"), attributes.get("shape")
+    n = attributes.get("n_parts") or 0
+    made_of = f"made of {number_word(n)} parts" if n > 1 else None
+    words = lambda *ws: " ".join(w for w in ws if w)  # noqa: E731
+    caps = []
+    if second:
+        caps.append(with_article(words(shape, colors, noun)))
+    if size_class:
+        caps.append(with_article(words(size_class, shape, color, noun)))
+    if made_of:
+        caps.append(words(with_article(words(shape, color, noun)), made_of))
+    everything = words(with_article(words(size_class, shape, colors, noun)), made_of)
+    caps.append(everything)
+    if attributes.get("size") and proportions_phrase(attributes["size"]):
+        caps.append(f"{everything} that is {proportions_phrase(attributes['size'])}")
+    return list(dict.fromkeys(caps))
+
+
+def own_caption(captions, owners):
+    """True when one of `captions` belongs to this model alone (owners: caption -> number of models)."""
+    return any(owners[c] == 1 for c in captions)
+
+
+def make_distinct(captions, candidates):
+    """Give each model whose captions all belong to other models too the first of its candidate captions
+    (detail_captions) that no model has. captions: [list of a model's captions], extended in place;
+    candidates: the same order. Returns the indices of the models still without a caption of their own
+    (identical models: the data cannot tell them apart)."""
+    owners = Counter(c for caps in captions for c in set(caps))
+    for caps, cands in zip(captions, candidates):
+        if own_caption(caps, owners):
+            continue
+        new = next((c for c in cands if owners[c] == 0), None)
+        if new is not None:
+            caps.append(new)
+            owners[new] += 1
+    return [i for i, caps in enumerate(captions) if not own_caption(caps, owners)]

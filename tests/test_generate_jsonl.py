@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import trimesh
+from PIL import Image
 
 from meshes import captions
 from scripts import generate_jsonl as gj
@@ -12,7 +13,7 @@ from scripts import generate_jsonl as gj
 REAL_MODELS = [("chair", "IKEA_POANG_1"), ("chair", "IKEA_EKENAS"), ("bed", "IKEA_MALM_2"), ("bed", "IKEA_HEMNES"),
                ("table", "IKEA_LACK_1"), ("table", "IKEA_INGO"), ("sofa", "IKEA_KLIPPAN"), ("desk", "IKEA_MICKE_1"),
                ("bookcase", "IKEA_BILLY_1"), ("bookcase", "IKEA_EXPEDIT_2"), ("wardrobe", "IKEA_PAX_1"),
-               ("misc", "IKEA_FROSTA"), ("tool", "hammer_1")] + [("chair", f"IKEA_CHAIR_{i}") for i in range(12)]
+               ("misc", "IKEA_FROSTA"), ("tool", "hammer_1")] + [("chair", f"IKEA_CHAIR{i:02d}") for i in range(12)]
 
 
 def write_model(root, category, name, color=(200, 30, 30), extents=(0.5, 1.0, 0.5)):
@@ -24,12 +25,23 @@ def write_model(root, category, name, color=(200, 30, 30), extents=(0.5, 1.0, 0.
     return f"model/{category}/{name}/model.obj"
 
 
-def write_views(renders, category, name, n=3):
+def write_views(renders, category, name, n=3, color=(200, 30, 30)):
+    """n real 32 px views: a square of `color` on white, and the views.json that marks them done."""
     folder = renders / category / name
     folder.mkdir(parents=True)
     for v in range(n):
-        (folder / f"view_{v:02d}.png").write_bytes(b"png")
-    (folder / "views.json").write_text(json.dumps([{"azimuth": 30 * v} for v in range(n)]))
+        im = Image.new("RGB", (32, 32), (255, 255, 255))
+        im.paste(color, (8, 8, 24, 24))
+        im.save(folder / f"view_{v:02d}.png")
+    (folder / "views.json").write_text(json.dumps([{"image": f"view_{v:02d}.png", "azimuth": 30 * v}
+                                                   for v in range(n)]))
+
+
+def write_photo(root, e):
+    (root / e["img"]).parent.mkdir(parents=True, exist_ok=True)
+    (root / e["mask"]).parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (90, 120, 150)).save(root / e["img"])
+    Image.new("L", (40, 30), 255).save(root / e["mask"])
 
 
 def entry(category, name, k):
@@ -42,15 +54,27 @@ def entry(category, name, k):
             "occluded": False, "slightly_occluded": False, "bbox": [10, 20, 300, 400]}
 
 
+def write_dataset(root, models, photos_per_model=2):
+    """Models [(category, name)] with a box mesh, three views and real photos and masks; returns the entries."""
+    entries = []
+    for i, (cat, name) in enumerate(models):
+        write_model(root, cat, name, extents=(0.5, 1.2, 0.5) if cat == "bookcase" else (1, 0.8, 1))
+        write_views(root / "renders", cat, name)
+        entries += [entry(cat, name, photos_per_model * i + j) for j in range(photos_per_model)]
+    for e in entries:
+        write_photo(root, e)
+    (root / "pix3d.json").write_text(json.dumps(entries))
+    return entries
+
+
 @pytest.fixture
 def pix3d(tmp_path):
-    entries = []
-    for i, (cat, name) in enumerate(REAL_MODELS):
-        write_model(tmp_path, cat, name, extents=(0.5, 1.2, 0.5) if cat == "bookcase" else (1, 0.8, 1))
-        write_views(tmp_path / "renders", cat, name)
-        entries += [entry(cat, name, 2 * i), entry(cat, name, 2 * i + 1)]  # two photos per model
-    (tmp_path / "pix3d.json").write_text(json.dumps(entries))
+    write_dataset(tmp_path, REAL_MODELS)
     return tmp_path
+
+
+def rows_of(path):
+    return {r["model_id"]: r for r in map(json.loads, path.read_text().splitlines())}
 
 
 def test_one_line_per_model_with_disjoint_deterministic_splits(pix3d):
@@ -69,7 +93,13 @@ def test_one_line_per_model_with_disjoint_deterministic_splits(pix3d):
     first = (pix3d / "usable_samples.jsonl").read_text()
     gj.main(["--json_path", str(pix3d / "pix3d.json")])
     assert (pix3d / "usable_samples.jsonl").read_text() == first
-    gj.main(["--json_path", str(pix3d / "pix3d.json"), "--seed", "1"])
+    (pix3d / "splits.json").unlink()  # without the kept splits, the same seed draws the same splits
+    gj.main(["--json_path", str(pix3d / "pix3d.json")])
+    assert (pix3d / "usable_samples.jsonl").read_text() == first
+    with pytest.raises(SystemExit, match="--resplit"):  # another seed would move models: only on request
+        gj.main(["--json_path", str(pix3d / "pix3d.json"), "--seed", "1"])
+    assert (pix3d / "usable_samples.jsonl").read_text() == first
+    gj.main(["--json_path", str(pix3d / "pix3d.json"), "--seed", "1", "--resplit"])
     assert (pix3d / "usable_samples.jsonl").read_text() != first
 
 
@@ -83,9 +113,11 @@ def test_split_fractions(pix3d, capsys):
     out = pix3d / "usable_samples.jsonl"
     assert gj.main(["--json_path", str(pix3d / "pix3d.json")]) == 0
     assert split_counts(out, "chair") == {"train": 12, "val": 1, "test": 1}
-    assert gj.main([f"--json_path={pix3d / 'pix3d.json'}", "--split_fractions=0.6,0.2,0.2"]) == 0
+    assert gj.main([f"--json_path={pix3d / 'pix3d.json'}", "--split_fractions=0.6,0.2,0.2", "--resplit"]) == 0
     assert split_counts(out, "chair") == {"train": 8, "val": 3, "test": 3}
-    for bad in ("0.8,0.2", "0.5,0.5,0.5", "a,b,c"):
+    assert gj.main([f"--json_path={pix3d / 'pix3d.json'}", "--split_fractions=1,0,0", "--resplit"]) == 0
+    assert split_counts(out, "chair") == {"train": 14}  # a zero fraction means none, not at least one
+    for bad in ("0.8,0.2", "0.5,0.5,0.5", "a,b,c", "1.2,-0.1,-0.1", "nan,0.5,0.5", "inf,0,0"):
         with pytest.raises(SystemExit):
             gj.main(["--json_path", str(pix3d / "pix3d.json"), "--split_fractions", bad])
         assert f"--split_fractions {bad}" in capsys.readouterr().err
@@ -119,6 +151,7 @@ def test_bad_entries_skipped_missing_renders_left_out(pix3d, capsys):
     entries.append({"img": "img/chair/x.jpg", "category": "chair"})  # no model
     entries.append("garbage")
     entries.append(entry("chair", "IKEA_NO_RENDERS", 999))
+    write_photo(pix3d, entries[-1])
     write_model(pix3d, "chair", "IKEA_NO_RENDERS")
     (pix3d / "pix3d.json").write_text(json.dumps(entries))
     assert gj.main(["--json_path", str(pix3d / "pix3d.json")]) == 0
