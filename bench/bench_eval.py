@@ -1,9 +1,9 @@
-"""Speed and memory of the retrieval metrics: eval_recall vs the seed's per-query python loop.
+"""Speed and memory of the retrieval metrics (metrics/retrieval.py) vs a per-query python loop over the full matrix.
 
-    .venv/bin/python bench/bench_eval.py                   # N = 2,000 / 10,000 vs the seed, 20,000 alone
+    .venv/bin/python bench/bench_eval.py                   # N = 2,000 / 10,000 vs the loop, 20,000 alone
     .venv/bin/python bench/bench_eval.py --big=True        # also 100,000 x 100,000 (~5-10 min on 2 cores)
 
-Random features (dim 512), ids = arange, so exactly one match per query, as the seed assumes. Each measurement
+Random features (dim 512), ids = arange, so exactly one match per query, as the loop assumes. Each measurement
 runs in a fresh python process, so its peak RSS (resource.getrusage ru_maxrss) is its own. The last line is the
 headline. Figures and the machine they came from: .notes/BENCH_EVAL.md.
 """
@@ -21,16 +21,16 @@ from utils import apply_overrides  # noqa: E402
 # ----------------------------------------------------------------------------- config
 threads = 2  # torch.set_num_threads: the 2-core CPU the numbers are reported for
 dim = 512
-ns_vs_seed = [2000, 10000]  # Recall@K both ways, ours vs the seed's loop
+ns_vs_loop = [2000, 10000]  # Recall@K both ways, ours vs the full-matrix loop
 n_mid = 20000  # must stay well under a minute on 2 cores
 big = False  # 100k x 100k retrieval_metrics takes minutes on 2 cores: opt in
 n_big = 100000
 ks = (1, 5, 10)
 
 
-# ----------------------------------------------------------------------------- the seed's loop
-def seed_recall(image_features, text_features, ks):
-    """As in the seed: full similarity matrix, then one topk per query in a python loop (text i <-> image i)."""
+# ----------------------------------------------------------------------------- the full-matrix loop
+def loop_recall(image_features, text_features, ks):
+    """The full similarity matrix, then one topk per query in a python loop (text i <-> image i)."""
     import torch.nn.functional as F
 
     image_features = F.normalize(image_features, dim=-1)
@@ -48,7 +48,7 @@ def seed_recall(image_features, text_features, ks):
 def measure(what, n, threads, dim):
     import torch
 
-    from eval_recall import compute_recall_at_k, retrieval_metrics
+    from metrics.retrieval import compute_recall_at_k, retrieval_metrics
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
@@ -57,11 +57,11 @@ def measure(what, n, threads, dim):
     ids = torch.arange(n)
     # warm-up on a tiny input: the first call pays torch's one-off kernel/thread-pool setup, not the method
     small = torch.randn(16, dim, generator=g)
-    seed_recall(small, small, ks) if what == "seed" else compute_recall_at_k(small, small, ks=ks)
+    loop_recall(small, small, ks) if what == "loop" else compute_recall_at_k(small, small, ks=ks)
     rss_inputs = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     t = time.perf_counter()
-    if what == "seed":
-        metrics = seed_recall(image, text, ks)
+    if what == "loop":
+        metrics = loop_recall(image, text, ks)
     elif what == "ours":
         metrics = compute_recall_at_k(image, text, ids, ids, ks=ks)
     else:  # one direction, text -> image, every metric
@@ -82,21 +82,21 @@ def run_child(what, n, cfg):
 
 
 def main():
-    cfg = {"threads": threads, "dim": dim, "ns_vs_seed": ns_vs_seed, "n_mid": n_mid, "big": big, "n_big": n_big}
+    cfg = {"threads": threads, "dim": dim, "ns_vs_loop": ns_vs_loop, "n_mid": n_mid, "big": big, "n_big": n_big}
     cfg = apply_overrides(cfg)
     print(f"cpu: {os.cpu_count()} cores visible, torch threads {cfg['threads']}, dim {cfg['dim']}, ks {ks}")
     print(f"{'N':>8} {'method':<28} {'seconds':>9} {'peak RSS GB':>12} {'R@1 i2t':>8} {'R@1 t2i':>8}")
     speedups = {}
-    for n in cfg["ns_vs_seed"]:
-        seed, ours = run_child("seed", n, cfg), run_child("ours", n, cfg)
-        for r in (seed, ours):
-            same = all(abs(seed[k] - r[k]) < 1e-9 for k in seed if "_R@" in k)
-            name = "seed loop (full matrix)" if r is seed else "compute_recall_at_k" + ("" if same else " DIFFERS")
+    for n in cfg["ns_vs_loop"]:
+        loop, ours = run_child("loop", n, cfg), run_child("ours", n, cfg)
+        for r in (loop, ours):
+            same = all(abs(loop[k] - r[k]) < 1e-9 for k in loop if "_R@" in k)
+            name = "python loop (full matrix)" if r is loop else "compute_recall_at_k" + ("" if same else " DIFFERS")
             print(
                 f"{n:>8} {name:<28} {r['seconds']:>9.2f} {r['peak_rss_gb']:>12.2f} "
                 f"{r['image2text_R@1']:>8.3f} {r['text2image_R@1']:>8.3f}"
             )
-        speedups[n] = seed["seconds"] / ours["seconds"]
+        speedups[n] = loop["seconds"] / ours["seconds"]
         print(f"{n:>8} speedup {speedups[n]:.1f}x")
     rows = [run_child("one_direction", n, cfg) for n in [cfg["n_mid"]] + ([cfg["n_big"]] if cfg["big"] else [])]
     for r in rows:
@@ -104,8 +104,8 @@ def main():
             f"{r['n']:>8} {'retrieval_metrics t2i':<28} {r['seconds']:>9.2f} {r['peak_rss_gb']:>12.2f} "
             f"{'':>8} {r['R@1']:>8.3f}   (inputs alone {r['inputs_rss_gb']:.2f} GB, mAP {r['mAP']:.3f})"
         )
-    n_top = max(cfg["ns_vs_seed"])
-    head = f"speedup vs seed loop at N={n_top}: {speedups[n_top]:.1f}x"
+    n_top = max(cfg["ns_vs_loop"])
+    head = f"speedup vs the python loop at N={n_top}: {speedups[n_top]:.1f}x"
     head += f"; N={cfg['n_mid']} one direction in {rows[0]['seconds']:.1f} s"
     if cfg["big"]:
         head += f"; N={cfg['n_big']} peak RSS {rows[-1]['peak_rss_gb']:.1f} GB in {rows[-1]['seconds']:.0f} s"

@@ -25,8 +25,10 @@ import train_clip_linear  # noqa: E402
 import train_captioner  # noqa: E402
 import train_shape_stage2  # noqa: E402
 import train_shape_stage3  # noqa: E402
-from eval_recall import encode_split, run_eval  # noqa: E402
-from evaluate_caption import caption_report, java_available  # noqa: E402
+from eval_recall import retrieval_report  # noqa: E402
+from evaluate_caption import caption_report  # noqa: E402
+from features import encode_split  # noqa: E402
+from metrics.caption import java_available  # noqa: E402
 from models.caption_decoder import load_captioner, make_captioner  # noqa: E402
 from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label  # noqa: E402
 from scripts import generate_jsonl, make_toy_pix3d, render_objs  # noqa: E402
@@ -86,8 +88,8 @@ def main():
     t = step("4/9 zero-shot (untrained tiny model)")
     model, preprocess = load_clip(CLIP_MODEL, device, seed=COMMON["seed"])
     zero = CLIPWrapper(model, "zero_shot").eval()
-    results["zero_shot"] = run_eval(zero, preprocess, COMMON["data_jsonl"], "test", OUT / "zero_shot",
-                                    f"{label}, zero-shot", device=device)
+    results["zero_shot"] = retrieval_report(zero, preprocess, COMMON["data_jsonl"], "test", OUT / "zero_shot",
+                                            f"{label}, zero-shot", device=device)
     print(f"({time.time() - t:.0f}s)")
 
     for name, preset, n in (("linear", LINEAR, 5), ("full", FULL, 6)):
@@ -97,8 +99,8 @@ def main():
         out = train.main([], preset=preset)
         wrapper, preprocess, _ = load_checkpoint(Path(out["weights_dir"]) / "best.pt", device)
         feats = encode_split(wrapper, preprocess, COMMON["data_jsonl"], "test", device)
-        results[name] = run_eval(wrapper, preprocess, COMMON["data_jsonl"], "test", OUT / name,
-                                 f"{label}, {name}", device=device, feats=feats)
+        results[name] = retrieval_report(wrapper, preprocess, COMMON["data_jsonl"], "test", OUT / name,
+                                         f"{label}, {name}", device=device, feats=feats)
         print(f"({time.time() - t:.0f}s)")
 
     t = step("7/9 captions of the full model (retrieval captioning vs baselines)")
@@ -149,16 +151,16 @@ def shape_retrieval(device):
     """Photo -> shape on the toy photos (test split) for each stage: {stage: {metric: value}} plus counts."""
     label, jsonl = model_label(CLIP_MODEL), COMMON["data_jsonl"]
     model, preprocess = load_clip(CLIP_MODEL, device, seed=COMMON["seed"])
-    r = eval_shape_retrieval.run_eval(CLIPWrapper(model, "zero_shot").eval(), preprocess, jsonl, "test",
-                                      OUT / "shape_zero_shot", f"{label}, zero-shot", device=device)
+    r = eval_shape_retrieval.photo2shape_report(CLIPWrapper(model, "zero_shot").eval(), preprocess, jsonl, "test",
+                                                OUT / "shape_zero_shot", f"{label}, zero-shot", device=device)
     results = {"zero_shot": r["metrics"]}
     for name, preset in (("stage2", SHAPE_STAGE2), ("stage3", SHAPE_STAGE3)):
         for d in (ROOT / "logs" / preset["run_name"], ROOT / "weights" / preset["run_name"]):
             shutil.rmtree(d, ignore_errors=True)
         trained = train.main([], preset=preset)
         wrapper, preprocess, _ = load_checkpoint(Path(trained["weights_dir"]) / "best.pt", device)
-        r = eval_shape_retrieval.run_eval(wrapper, preprocess, jsonl, "test", OUT / f"shape_{name}",
-                                          f"{label}, {name}", device=device)
+        r = eval_shape_retrieval.photo2shape_report(wrapper, preprocess, jsonl, "test", OUT / f"shape_{name}",
+                                                    f"{label}, {name}", device=device)
         results[name] = r["metrics"]
     results.update(n_photos=r["n_photos"], n_photos_left_out=r["n_photos_left_out"], n_models=r["n_models"])
     return results

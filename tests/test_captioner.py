@@ -189,9 +189,9 @@ def test_resume_continues_exactly(tmp_path, clip_ckpt):
 
 
 def test_evaluate_caption_cli_scores_generative(tmp_path, captioner_ckpt):
-    out = tmp_path / "captions.json"
+    out = tmp_path / "captions_test.json"
     assert evaluate_caption.main(["--captioner", "generative", "--captioner_checkpoint", str(captioner_ckpt),
-                                  "--no_meteor", "--output", str(out)]) == 0
+                                  "--no_meteor", "--out_dir", str(tmp_path)]) == 0
     import json
 
     report = json.loads(out.read_text())

@@ -1,15 +1,26 @@
-"""End to end on a small toy Pix3D: generate -> render -> jsonl -> train -> eval_recall.py and evaluate_caption.py CLIs."""
+"""End to end on a small toy Pix3D: generate -> render -> jsonl -> train -> eval_recall.py and evaluate_caption.py CLIs.
+
+    .venv/bin/python -m pytest -q tests/test_pipeline.py
+
+The CLIs' numbers are checked against a brute-force ranking (tests/test_recall.py's reference) of the same model's
+features, and against the caption metrics recomputed from the jsonl.
+"""
 import json
 
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import eval_recall
 import evaluate_caption
 import train
-from models.clip_wrapper import load_clip
+from features import encode_split
+from metrics.caption import evaluate_caption as caption_metrics
+from models.clip_wrapper import load_checkpoint, load_clip
 from multiview_dataset import MultiViewDataset
 from scripts import generate_jsonl, make_toy_pix3d, render_objs
+from tests.test_recall import reference
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +63,23 @@ def test_eval_recall_cli_writes_json_and_pictures(toy, checkpoint, tmp_path, cap
     result = json.loads((tmp_path / "results.json").read_text())
     m = result["metrics"]
     assert result["n_models"] == 9 and "tiny (random init" in result["model"]
-    for key in ("text2image_R@1", "image2text_R@5", "text2image_mAP", "category/text2image_R@1"):
-        assert 0 <= m[key] <= 1
-    assert m["text2image_R@10"] == 1.0  # 9 models: every text finds its shape within 10
+
+    # every number is that of a brute-force ranking of the same model's features (views averaged per model)
+    wrapper, preprocess, _ = load_checkpoint(checkpoint)
+    feats, ds = encode_split(wrapper, preprocess, toy / "usable_samples.jsonl", "test", "cpu", num_workers=0)
+    shapes = torch.stack([F.normalize(feats["image"][feats["image_model"] == i], dim=-1).mean(0) for i in range(9)])
+    text_models = feats["text_model"].tolist()
+    for prefix, shape_ids, text_ids in (("", list(range(9)), text_models),
+                                        ("category/", ds.categories, [ds.categories[i] for i in text_models])):
+        for d, q, g, qi, gi in (("image2text", shapes, feats["text"], shape_ids, text_ids),
+                                ("text2image", feats["text"], shapes, text_ids, shape_ids)):
+            want = reference(q, g, qi, gi, ks=(1, 5, 10))
+            for key in ("R@1", "R@5", "R@10", "mAP", "mean_rank", "median_rank"):
+                assert m[f"{prefix}{d}_{key}"] == pytest.approx(want[key], abs=1e-6), f"{prefix}{d}_{key}"
+            if not prefix:
+                curve = result["recall_curve"][d]
+                assert curve[0] == pytest.approx(want["R@1"]) and curve[4] == pytest.approx(want["R@5"])
+    assert m["text2image_R@1"] < 1 and m["image2text_mAP"] < 1  # not saturated: a wrong ranking would show
     assert len(result["recall_curve"]["text2image"]) == 50
     for name in ("recall_curve.png", "retrieval_gallery.png"):
         with Image.open(tmp_path / name) as im:
@@ -62,16 +87,27 @@ def test_eval_recall_cli_writes_json_and_pictures(toy, checkpoint, tmp_path, cap
     assert "text2image (same model)" in capsys.readouterr().out
 
 
-def test_evaluate_caption_cli(toy, checkpoint, tmp_path):
-    out = tmp_path / "captions.json"
-    assert evaluate_caption.main(["--checkpoint", str(checkpoint), "--split", "test", "--no_meteor",
-                                  "--output", str(out)]) == 0
+def test_evaluate_caption_cli(toy, checkpoint, tmp_path, monkeypatch):
+    # no --out_dir: the report goes to logs/<the checkpoint's run>/ under the working directory
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_caption.main(["--checkpoint", str(checkpoint), "--split", "test", "--no_meteor"]) == 0
+    out = tmp_path / "logs" / "toy" / "captions_test.json"
     report = json.loads(out.read_text())
     assert set(report["captioners"]) == {"retrieval", "generic", "category"}
     assert "METEOR" not in report["captioners"]["retrieval"] and "CIDEr" in report["captioners"]["retrieval"]
-    train_caps = {c for r in map(json.loads, (toy / "usable_samples.jsonl").read_text().splitlines())
-                  if r["split"] == "train" for c in r["captions"]}
+    rows = [json.loads(x) for x in (toy / "usable_samples.jsonl").read_text().splitlines()]
+    train_caps = {c for r in rows if r["split"] == "train" for c in r["captions"]}
     assert all(ex["retrieval"] in train_caps for ex in report["examples"])  # never a test caption
+
+    # the baselines' scores, recomputed from the jsonl: the report pairs each shape with its own references
+    test = [r for r in rows if r["split"] == "test"]
+    gold = [r["captions"] for r in test]
+    category = [ex["category"] for ex in report["examples"]]
+    assert all(c.split()[0] == ("an" if c.split()[1][0] in "aeiou" else "a") for c in category)  # "an object"
+    generic = caption_metrics(gold, [evaluate_caption.GENERIC_CAPTION] * len(test), meteor=False)
+    for key, value in generic.items():
+        assert report["captioners"]["generic"][key] == pytest.approx(value, rel=1e-12), key
+    assert report["captioners"]["retrieval"]["CIDEr"] > report["captioners"]["generic"]["CIDEr"]
 
 
 def test_zero_shot_cli_without_checkpoint(toy, tmp_path):

@@ -1,4 +1,4 @@
-"""eval_recall metrics against a brute-force reference (python loops over the full similarity matrix) and sklearn.
+"""metrics.retrieval against a brute-force reference (python loops over the full similarity matrix) and sklearn.
 
 Run: .venv/bin/python -m pytest -q tests/test_recall.py
 """
@@ -10,8 +10,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-import eval_recall
-from eval_recall import aggregate_views, compute_recall_at_k, evaluate_retrieval, retrieval_metrics
+import metrics.retrieval
+from metrics.retrieval import (aggregate_views, compute_recall_at_k, evaluate_retrieval, photo2shape_metrics,
+                               retrieval_metrics, shape_gallery)
 
 KS = (1, 2, 5, 10)
 
@@ -68,7 +69,7 @@ def check_both_ways(img, txt, img_ids, txt_ids, chunk_size):
 @pytest.fixture(params=["compare", "sort"])
 def path(request, monkeypatch):
     """Run each test through both ranking paths: one pass per match, and the sort of whole rows."""
-    monkeypatch.setattr(eval_recall, "_SORT_ABOVE_N_POS", 10**9 if request.param == "compare" else 0)
+    monkeypatch.setattr(metrics.retrieval, "_SORT_ABOVE_N_POS", 10**9 if request.param == "compare" else 0)
     return request.param
 
 
@@ -179,26 +180,26 @@ def test_chunk_size_and_scale_do_not_change_results(path):
             assert got[key] == pytest.approx(base[key], rel=1e-12)
 
 
-# ----------------------------------------------------------------------------- the seed's formula
-def seed_recall(image_features, text_features, k):
-    """The seed's loop: text i is the only right answer for image i."""
+# ----------------------------------------------------------------------------- one right text per image
+def index_recall(image_features, text_features, k):
+    """A loop where text i is the only right answer for image i (pairs listed row by row)."""
     sim = image_features @ text_features.T
     n = len(sim)
     return sum(i in sim[i].topk(k).indices for i in range(n)) / n
 
 
-def test_seed_formula_undercounts_several_captions():
+def test_index_pairing_undercounts_several_captions():
     # one model A with two captions, one model B with one; the pairs are (view A, caption A1), (view A, caption A2),
-    # (view B, caption B). View A is closest to caption A2, so the seed's "text 0 for image 0" misses at k=1.
+    # (view B, caption B). View A is closest to caption A2, so "text 0 for image 0" misses at k=1.
     view_a, view_b = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
     cap_a1, cap_a2, cap_b = [0.6, 0.0, 0.8], [0.8, 0.0, 0.6], [0.0, 1.0, 0.0]
     images = torch.tensor([view_a, view_a, view_b])
     texts = torch.tensor([cap_a1, cap_a2, cap_b])
-    seed = seed_recall(images, texts, k=1)
-    assert seed == pytest.approx(2 / 3)  # image 0 "misses": caption A2 beat caption A1
+    by_index = index_recall(images, texts, k=1)
+    assert by_index == pytest.approx(2 / 3)  # image 0 "misses": caption A2 beat caption A1
     right = compute_recall_at_k(images, texts, image_ids=["A", "A", "B"], text_ids=["A", "A", "B"], ks=(1,))
     assert right["image2text_R@1"] == 1.0 and right["text2image_R@1"] == 1.0
-    assert seed < right["image2text_R@1"]
+    assert by_index < right["image2text_R@1"]
 
 
 # ----------------------------------------------------------------------------- aggregate_views / evaluate_retrieval

@@ -12,7 +12,9 @@ from PIL import Image, ImageDraw
 
 import eval_shape_retrieval as esr
 import train
-from models.clip_wrapper import load_checkpoint, load_clip
+from metrics.retrieval import aggregate_views, photo2shape_metrics, retrieval_metrics
+from metrics.evaluate import evaluate_photo2shape
+from models.clip_wrapper import load_checkpoint, load_clip, load_for_eval
 from multiview_dataset import PKSampler, ShapeImageDataset, crop_photo
 from tests.conftest import COLORS, make_synthetic_dataset
 from utils import read_jsonl, write_jsonl
@@ -138,7 +140,7 @@ def test_rank_k_and_map_match_brute_force(views):
     photo_models = torch.tensor([0, 0, 0, 1, 2, 2, 5, 7, 7, 11])  # model 0: three photos; 3, 4, ...: none
     photo_feats = proto[photo_models] + 1.2 * torch.randn(len(photo_models), dim, generator=g)
     categories = ["chair", "table", "bed", "chair"] * 3  # category of model m: m % 4
-    got = esr.photo2shape_metrics(photo_feats, photo_models, view_feats, view_models, categories, views=views)
+    got = photo2shape_metrics(photo_feats, photo_models, view_feats, view_models, categories, views=views)
     if views == "mean":
         gallery = torch.stack([F.normalize(view_feats[view_models == m], dim=-1).mean(0) for m in range(n_models)])
         gallery_models = list(range(n_models))
@@ -152,7 +154,6 @@ def test_rank_k_and_map_match_brute_force(views):
         assert math.isclose(got[f"category/photo2shape_{k}"], cat_ref[k], abs_tol=1e-9), k
     assert 0 < got["photo2shape_R@1"] < 1 and 0 < got["category/photo2shape_R@1"] < 1  # neither trivial nor hopeless
     if views == "mean":  # one shape per model: AP = 1 / rank
-        from eval_recall import aggregate_views, retrieval_metrics
         shapes, ids = aggregate_views(view_feats, view_models)
         ranks = retrieval_metrics(photo_feats, shapes, photo_models, ids)["ranks"].double()
         assert math.isclose(got["photo2shape_mAP"], (1 / ranks).mean().item(), abs_tol=1e-9)
@@ -171,11 +172,16 @@ def test_stages_train_and_warm_start_from_the_previous_best(photo_jsonl, tmp_pat
     assert "photo2shape_R@1" in s2["val"] and "category/photo2shape_mAP" in s2["val"]
     best2_path = tmp_path / "weights/stage2/best.pt"
 
-    # zero-shot with init_from evaluates stage 2's weights: the same val metrics as stage 2's best epoch (on this
-    # tiny val split they are all 1; the tensor checks below are the sharp ones)
-    zs = run(tmp_path, photo_jsonl, "--task=photo2shape", "--train_mode=zero_shot", f"--init_from={best2_path}",
+    # zero-shot with init_from evaluates stage 2's weights. The val split of 3 circles scores 1 on everything, so
+    # the check runs on a copy of the data where all 18 models are val: stage 2's numbers, not the base model's
+    all_val = photo_jsonl.with_name("all_val.jsonl")  # beside the original: the image paths are relative to it
+    write_jsonl(all_val, [dict(r, split="val") for r in read_jsonl(photo_jsonl)])
+    zs = run(tmp_path, all_val, "--task=photo2shape", "--train_mode=zero_shot", f"--init_from={best2_path}",
              "--run_name=check")
-    for k, v in best2["metrics"].items():
+    want = evaluate_photo2shape(*load_checkpoint(best2_path)[:2], all_val, "val", "cpu")
+    untrained = evaluate_photo2shape(*load_for_eval(clip_model="tiny")[:2], all_val, "val", "cpu")
+    assert want["photo2shape_mAP"] < 1 and abs(want["photo2shape_mAP"] - untrained["photo2shape_mAP"]) > 1e-3
+    for k, v in want.items():
         assert math.isclose(zs["val"][k], v, rel_tol=1e-5, abs_tol=1e-7), k
 
     # stage 3 with lr 0 changes nothing: its checkpoint holds stage 2's image tower and the base text tower
@@ -218,22 +224,49 @@ def test_photo2shape_resume_continues_exactly(photo_jsonl, tmp_path):
             assert torch.allclose(a[part][k], b[part][k], atol=1e-6), (part, k)
 
 
+def _mean_gallery(view_feats, view_models, n_models):
+    return torch.stack([F.normalize(view_feats[view_models == m], dim=-1).mean(0) for m in range(n_models)])
+
+
 def test_eval_cli_writes_results_and_gallery(photo_jsonl, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from features import encode_photo_split
+
     assert esr.main(["--clip_model", "tiny", "--data_jsonl", str(photo_jsonl), "--split", "all", "--out_dir",
-                     str(tmp_path), "--num_workers", "0", "--mask"]) == 0
+                     str(tmp_path), "--num_workers", "0", "--photo_mask", "--photo_margin", "0.2"]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     rows = read_jsonl(photo_jsonl)
     hard = sum(p["occluded"] for r in rows for p in r["photos"])
     assert result["n_models"] == 18 and result["n_photos"] == 36 - hard and result["n_photos_left_out"] == hard
-    for key in ("photo2shape_R@1", "photo2shape_R@5", "photo2shape_R@10", "photo2shape_mAP",
-                "category/photo2shape_R@1"):
-        assert 0 <= result["metrics"][key] <= 1
-    assert result["metrics"]["photo2shape_R@1"] <= result["metrics"]["photo2shape_R@5"]
+    assert result["photo_mask"] is True and result["photo_margin"] == 0.2 and result["keep_hard_photos"] is False
+
+    # the numbers are a brute-force ranking of the same model's features of masked photos with that margin
+    wrapper, preprocess, _, _ = load_for_eval(clip_model="tiny")
+    feats, photos = encode_photo_split(wrapper, preprocess, photo_jsonl, "all", "cpu", photo_margin=0.2,
+                                       photo_mask=True)
+    plain, _ = encode_photo_split(wrapper, preprocess, photo_jsonl, "all", "cpu", photo_margin=0.2)
+    assert not torch.allclose(feats["photo"], plain["photo"])  # --photo_mask changes what is scored
+    gallery = _mean_gallery(feats["view"], feats["view_model"], 18)
+    ref = _brute_force(feats["photo"], gallery, feats["photo_model"].tolist(), list(range(18)), (1, 5, 10))
+    cats = photos.categories
+    cat_ref = _brute_force(feats["photo"], gallery, [cats[m] for m in feats["photo_model"].tolist()], cats, (1, 5, 10))
+    for k in ("R@1", "R@5", "R@10", "mAP"):
+        assert math.isclose(result["metrics"][f"photo2shape_{k}"], ref[k], abs_tol=1e-6), k
+        assert math.isclose(result["metrics"][f"category/photo2shape_{k}"], cat_ref[k], abs_tol=1e-6), k
+    assert ref["mAP"] < 1 and cat_ref["mAP"] < 1  # not saturated: a wrong ranking would show
+
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert acc.Scalars("all/photo2shape_R@1")[0].value == pytest.approx(ref["R@1"], abs=1e-6)
     with Image.open(tmp_path / "photo2shape_gallery.png") as im:
         assert im.size[0] > 600 and im.size[1] > 600  # six photos x (photo + five shapes)
+
     assert esr.main(["--clip_model", "tiny", "--data_jsonl", str(photo_jsonl), "--split", "train", "--out_dir",
-                     str(tmp_path / "hard"), "--num_workers", "0", "--keep_hard"]) == 0
+                     str(tmp_path / "hard"), "--num_workers", "0", "--keep_hard_photos=True"]) == 0
     assert json.loads((tmp_path / "hard/results.json").read_text())["n_photos"] == 24  # 12 train models x 2
+    with pytest.raises(SystemExit):
+        esr.main(["--clip_model", "tiny", "--data_jsonl", str(photo_jsonl), "--photo_mask=maybe"])
 
 
 def test_photo2shape_ddp_two_cpu_processes(photo_jsonl, tmp_path):
