@@ -257,14 +257,16 @@ def own_caption(captions, owners):
 
 def make_distinct(captions, candidates):
     """Give each model whose captions all belong to other models too the first of its candidate captions
-    (detail_captions) that no model has. captions: [list of a model's captions], extended in place;
-    candidates: the same order. Returns the indices of the models still without a caption of their own
-    (identical models: the data cannot tell them apart)."""
+    (detail_captions) that no other model has or could be given: a caption true of two identical models
+    must not tell one of them apart. captions: [list of a model's captions], extended in place; candidates:
+    the same order. Returns the indices of the models still without a caption of their own (identical
+    models: what is measured cannot tell them apart)."""
     owners = Counter(c for caps in captions for c in set(caps))
+    claims = Counter(c for cands in candidates for c in set(cands))
     for caps, cands in zip(captions, candidates):
         if own_caption(caps, owners):
             continue
-        new = next((c for c in cands if owners[c] == 0), None)
+        new = next((c for c in cands if owners[c] == 0 and claims[c] == 1), None)
         if new is not None:
             caps.append(new)
             owners[new] += 1
