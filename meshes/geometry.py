@@ -9,8 +9,17 @@ class MeshError(Exception):
     """A model that cannot be loaded or rendered; str(e) is the human-readable reason."""
 
 
+MAX_COORD = 1e12  # larger coordinates are garbage, not a model (and 1e308 overflows any maths on them)
+DEGENERATE = 1e-10  # a face whose area is below this times its longest edge squared is a line or a point
+UP_AXES = ("y", "z", "-y", "-z")  # --up: the model axis pointing up; the renderer's up is +Y
+
+
 def load_model(obj_path):
-    """Load an .obj (with its .mtl and textures) as a trimesh.Scene; MeshError for unusable files."""
+    """Load an .obj (with its .mtl and textures) as a trimesh.Scene; MeshError for unusable files.
+
+    Loaded unprocessed: trimesh's processing silently drops faces with NaN vertices and overflows on huge
+    coordinates, and neither should pass unnoticed. Rendering needs no merged vertices.
+    """
     import trimesh
 
     obj_path = Path(obj_path)
@@ -19,41 +28,64 @@ def load_model(obj_path):
     if obj_path.stat().st_size == 0:
         raise MeshError("empty file")
     try:
-        scene = trimesh.load(str(obj_path), force="scene")
+        scene = trimesh.load(str(obj_path), force="scene", process=False)
     except Exception as e:  # trimesh raises many kinds of errors on malformed input
         raise MeshError(f"cannot parse: {type(e).__name__}: {e}") from None
-    meshes = [g for g in scene.geometry.values() if isinstance(g, trimesh.Trimesh)]
     if not scene.geometry:
         raise MeshError("no geometry parsed (not an OBJ file?)")
-    if not meshes or sum(len(m.faces) for m in meshes) == 0:
-        raise MeshError("no faces")
-    if sum(m.area for m in meshes) == 0:
-        raise MeshError("all faces have zero area")
     # Drop point clouds / paths an OBJ may also hold: only triangles are rendered.
     for name, geom in list(scene.geometry.items()):
         if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
             scene.delete_geometry(name)
-    if not np.all(np.isfinite(scene.bounds)):
-        raise MeshError("vertices are not finite")
+    if not scene.geometry:
+        raise MeshError("no faces")
+    used = np.concatenate([g.vertices[np.unique(g.faces)] for g in scene.geometry.values()])
+    if not np.all(np.isfinite(used)):
+        raise MeshError("vertices are not finite (NaN or inf)")
+    if np.abs(used).max() > MAX_COORD:
+        raise MeshError(f"absurd coordinates: up to {np.abs(used).max():.3g}, beyond {MAX_COORD:g}")
+    if sum(g.area for g in scene.geometry.values()) == 0:
+        raise MeshError("all faces have zero area")
     return scene
 
 
 def scene_vertices(scene):
-    """Vertices used by some face, in world coordinates (scene graph transforms applied). Stray
-    unreferenced vertices, which some exported OBJs carry, would otherwise shrink the model."""
+    """The vertices that frame the model, in world coordinates (scene graph transforms applied): those of
+    faces with an area. Stray unreferenced vertices and degenerate faces, which some exported OBJs carry
+    far away from the model, would otherwise shrink it to a dot."""
     import trimesh
 
-    parts = []
+    parts, fallback = [], []
     for node in scene.graph.nodes_geometry:
         transform, name = scene.graph[node]
         geom = scene.geometry[name]
-        parts.append(trimesh.transform_points(geom.vertices[np.unique(geom.faces)], transform))
-    return np.concatenate(parts)
+        tris = geom.vertices[geom.faces]
+        edges = np.stack([tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 1], tris[:, 0] - tris[:, 2]], axis=1)
+        twice_area = np.linalg.norm(np.cross(edges[:, 0], edges[:, 1]), axis=1)
+        solid = twice_area > 2 * DEGENERATE * (edges ** 2).sum(axis=2).max(axis=1)
+        parts.append(trimesh.transform_points(geom.vertices[np.unique(geom.faces[solid])], transform))
+        fallback.append(trimesh.transform_points(geom.vertices[np.unique(geom.faces)], transform))
+    verts = np.concatenate(parts)
+    return verts if len(verts) else np.concatenate(fallback)  # all slivers: frame them anyway
 
 
-def normalize_scene(scene):
-    """Copy of `scene` centred at its bounding-box centre and scaled so it fits in the unit sphere."""
+def up_rotation(up="y"):
+    """4x4 rotation turning the model's `up` axis (one of UP_AXES) into +Y. It turns about +X, so a Z-up
+    model's front (-Y, as Blender models it) ends up facing +Z, where azimuth 0 looks from."""
+    if up not in UP_AXES:
+        raise ValueError(f"up={up!r}: expected one of {', '.join(UP_AXES)}")
+    angle = {"y": 0.0, "z": -90.0, "-y": 180.0, "-z": 90.0}[up]
+    c, s = np.rint(math.cos(math.radians(angle))), np.rint(math.sin(math.radians(angle)))  # exact 0 / +-1
+    matrix = np.eye(4)
+    matrix[1:3, 1:3] = [[c, -s], [s, c]]
+    return matrix
+
+
+def normalize_scene(scene, up="y"):
+    """Copy of `scene` turned so `up` points to +Y, centred at its bounding-box centre and scaled so it fits
+    in the unit sphere (framed by scene_vertices)."""
     scene = scene.copy()
+    scene.apply_transform(up_rotation(up))
     verts = scene_vertices(scene)
     centre = (verts.min(0) + verts.max(0)) / 2
     radius = np.linalg.norm(verts - centre, axis=1).max()

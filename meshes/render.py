@@ -7,6 +7,8 @@ The renders of the training data (scripts/render_objs.py) and of one mesh (rende
 from the same functions here. pyrender is imported lazily, after configure_gl() has chosen the OpenGL
 platform, so importing this module changes nothing in the process.
 """
+import hashlib
+import io
 import json
 import math
 import os
@@ -16,7 +18,8 @@ import numpy as np
 
 from meshes.geometry import MeshError, intrinsics, load_model, look_at, normalize_scene, view_cameras
 from meshes.lambert import lambert_program_cache
-from utils import atomic_save_image, write_json
+from meshes.materials import has_usable_texture, material_warnings, texture_name
+from utils import atomic_save_image, atomic_write, write_json
 
 # Fixed light rig, in the camera frame so every view is lit the same way: (direction the light shines
 # along, weight). The Lambert shader adds weight * max(n.l, 0) per light to the ambient term, so a surface
@@ -28,6 +31,9 @@ LIGHT_RIG = [
 ]
 AMBIENT = 0.3
 FALLBACK_GRAY = (0.7, 0.7, 0.7, 1.0)  # meshes without any colour information
+# A view with fewer object pixels than this fraction of the image (and at least 4) is blank: the model
+# is a dot in its own frame (a far-away part) or off-screen. A thin pole still covers ~1% of a view.
+MIN_OBJECT_FRACTION = 0.001
 NO_GL = "cannot create an OpenGL context"
 INSTALL_GL = ("headless rendering needs Mesa's EGL (apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri "
               "libgl1) or OSMesa (apt-get install libosmesa6, then PYOPENGL_PLATFORM=osmesa); "
@@ -83,14 +89,6 @@ def _flat_color(geom):
     return factor
 
 
-def _has_usable_texture(geom):
-    visual = geom.visual
-    uv = getattr(visual, "uv", None)
-    image = getattr(getattr(visual, "material", None), "image", None)
-    return (visual.kind == "texture" and image is not None and uv is not None
-            and len(uv) == len(geom.vertices) and np.all(np.isfinite(uv)))
-
-
 def _primitives(scene, flat=False):
     """pyrender primitives for a scene, transforms baked in, flat normals (3 vertices per face).
 
@@ -114,7 +112,7 @@ def _primitives(scene, flat=False):
         transform, name = scene.graph[node]
         geom = scene.geometry[name]
         positions, normals = corners_and_normals(geom, transform)
-        if not flat and _has_usable_texture(geom):
+        if not flat and has_usable_texture(geom):
             image = geom.visual.material.image
             image = image if image.mode == "RGB" else image.convert("RGB")
             material = pyrender.MetallicRoughnessMaterial(baseColorTexture=image, metallicFactor=0.0)
@@ -226,53 +224,79 @@ def view_name(i):
     return f"view_{i:02d}.png"
 
 
-def views_record(cameras, width, height):
-    """What views.json holds: one entry per view, camera + intrinsics + image file name."""
-    return [{"image": view_name(i), **cam, "intrinsics": intrinsics(cam["yfov"], width, height)}
+def views_record(cameras, width, height, up="y"):
+    """What views.json holds, less each PNG's size and hash: one entry per view, camera + intrinsics +
+    image file name + the model axis that was turned up (--up)."""
+    return [{"image": view_name(i), **cam, "intrinsics": intrinsics(cam["yfov"], width, height), "up": up}
             for i, cam in enumerate(cameras)]
 
 
 def render_scene(renderer, scene, cameras):
-    """PIL images of a normalized trimesh.Scene, one per camera, from an OffscreenRenderer."""
+    """PIL images of a normalized trimesh.Scene, one per camera, from an OffscreenRenderer. MeshError when a
+    view is (almost) blank: a white image is no training view."""
     from PIL import Image
 
     renderer.set_model(scene)
-    return [Image.fromarray(renderer.render(cam["pose"], cam["yfov"])[0]) for cam in cameras]
+    images = []
+    for i, cam in enumerate(cameras):
+        rgb, depth = renderer.render(cam["pose"], cam["yfov"])
+        least = max(4, round(MIN_OBJECT_FRACTION * depth.size))
+        if np.count_nonzero(depth) < least:
+            raise MeshError(f"view {i} is blank: {np.count_nonzero(depth)} object pixels of {depth.size}, fewer "
+                            f"than {least} (a far-away part shrinking the model to a dot?)")
+        images.append(Image.fromarray(rgb))
+    return images
 
 
-def save_views(images, cameras, out_dir):
-    """view_XX.png for each image, written atomically, then views.json: its presence (with all PNGs) is
-    what marks a model's folder as done."""
+def save_views(images, cameras, out_dir, up="y"):
+    """view_XX.png for each image, written atomically, then views.json with each PNG's size and sha256:
+    its presence, with every PNG as recorded, is what marks a model's folder as done."""
     out_dir = Path(out_dir)
-    for i, image in enumerate(images):
-        atomic_save_image(image, out_dir / view_name(i))
-    write_json(out_dir / "views.json", views_record(cameras, images[0].width, images[0].height))
+    records = views_record(cameras, images[0].width, images[0].height, up)
+    for record, image in zip(records, images):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        data = buf.getvalue()
+        atomic_write(out_dir / record["image"], data)
+        record.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    write_json(out_dir / "views.json", records)
 
 
-def render_model(renderer, obj_path, out_dir, cameras):
-    """Render one .obj from every camera into out_dir (view_XX.png, then views.json). Returns #views.
-    MeshError for a file that cannot be loaded."""
-    images = render_scene(renderer, normalize_scene(load_model(obj_path)), cameras)
-    save_views(images, cameras, out_dir)
-    return len(images)
+def render_model(renderer, obj_path, out_dir, cameras, up="y"):
+    """Render one .obj from every camera into out_dir (view_XX.png, then views.json), `up` being the model
+    axis that points up. Returns the material warnings ({"kind", "file"}, meshes/materials.py): what the
+    .obj asks for but could not be drawn. MeshError for a file that cannot be loaded or renders blank."""
+    scene = load_model(obj_path)
+    problems = material_warnings(obj_path, scene)
+    images = render_scene(renderer, normalize_scene(scene, up), cameras)
+    if renderer.flat_fallback:  # pyrender could not take a texture: every part is drawn flat
+        problems += [{"kind": "texture_unusable", "file": str(Path(obj_path).parent / name)}
+                     for name in sorted({texture_name(g) for g in scene.geometry.values() if texture_name(g)})]
+    save_views(images, cameras, out_dir, up)
+    return problems
 
 
-def render_views(obj_path, size=224, save_dir=None):
+def render_views(obj_path, size=224, save_dir=None, up="y"):
     """The 12 training-style views of one .obj (as scripts/render_objs.py renders the dataset), as PIL
     images of size x size; with save_dir, also written there as view_XX.png and views.json.
 
-    ValueError names the file when the mesh cannot be loaded; OSError says what to install when there is
-    no headless OpenGL (EGL or OSMesa).
+    ValueError names the file when the mesh cannot be loaded or renders blank; OSError says what to install
+    when there is no headless OpenGL (EGL or OSMesa). A missing .mtl or texture is a Python warning.
     """
+    import warnings
+
     try:
-        scene = normalize_scene(load_model(obj_path))
+        scene = load_model(obj_path)
+        for problem in material_warnings(obj_path, scene):
+            warnings.warn(f"{obj_path}: {problem['kind']}: {problem['file']}", stacklevel=2)
+        scene = normalize_scene(scene, up)
+        cameras = view_cameras()
+        with OffscreenRenderer(size, size) as renderer:
+            images = render_scene(renderer, scene, cameras)
     except MeshError as e:
         raise ValueError(f"{obj_path}: {e}") from None
-    cameras = view_cameras()
-    with OffscreenRenderer(size, size) as renderer:
-        images = render_scene(renderer, scene, cameras)
     if save_dir is not None:
-        save_views(images, cameras, save_dir)
+        save_views(images, cameras, save_dir, up)
     return images
 
 
@@ -287,15 +311,28 @@ def _rounded(obj):
     return obj
 
 
-def is_done(out_dir, cameras, width, height):
-    """True when out_dir holds views.json for this camera set and size, and every view PNG."""
+def _png_as_recorded(path, record):
+    """True when the file has the size and sha256 views.json recorded (a truncated PNG has not)."""
+    try:
+        if path.stat().st_size != record.get("bytes"):
+            return False
+        return hashlib.sha256(path.read_bytes()).hexdigest() == record.get("sha256")
+    except OSError:
+        return False
+
+
+def is_done(out_dir, cameras, width, height, up="y"):
+    """True when out_dir holds views.json for this camera set, size and up axis, and every view PNG as
+    views.json recorded it (size and sha256)."""
     out_dir = Path(out_dir)
     try:
         saved = json.loads((out_dir / "views.json").read_text())
-    except (OSError, ValueError):
+        settings = [{k: v for k, v in view.items() if k not in ("bytes", "sha256")} for view in saved]
+    except (OSError, ValueError, TypeError, AttributeError):  # unreadable, not JSON, not a list of dicts
         return False
-    same = _rounded(saved) == _rounded(views_record(cameras, width, height))
-    return same and all((out_dir / view_name(i)).is_file() for i in range(len(cameras)))
+    if _rounded(settings) != _rounded(views_record(cameras, width, height, up)):
+        return False
+    return all(_png_as_recorded(out_dir / view["image"], view) for view in saved)
 
 
 # ----------------------------------------------------------------------------- contact sheet

@@ -1,28 +1,38 @@
 """Render every .obj under a folder from a fixed ring of cameras, headless (EGL / OSMesa).
 
     .venv/bin/python scripts/render_objs.py --obj_dir data/pix3d/model --out_dir data/pix3d/renders \
-        [--workers 2] [--shard 0/4]
+        [--workers 2] [--shard 0/4] [--up z] [--timeout_per_model 600]
 
-Writes <out_dir>/<model folder relative to obj_dir>/view_XX.png and views.json (camera pose and
-intrinsics per view). A folder holding several .obj files gets one sub-folder per file stem. Finished
-models are skipped, so an interrupted run just restarts; bad meshes go to failures.jsonl and never stop
-the run. One OpenGL context per worker is reused for every view and model: creating one per image costs
-more than the rendering itself. At the end, <out_dir>/contact_sheet.png shows the first view of up to
-8 models per category, one row per category (with --shard i/n: contact_sheet_shard{i}of{n}.png).
+Writes <out_dir>/<model folder relative to obj_dir>/view_XX.png and views.json (camera pose, intrinsics,
+up axis, PNG size and sha256 per view). A folder holding several .obj files gets one sub-folder per file
+stem. Finished models are skipped, so an interrupted run just restarts: a model is finished when views.json
+matches this run's cameras, size and --up and every PNG matches its recorded size and hash (a truncated PNG
+is rendered again); temp files a killed run left are removed. Bad meshes, blank renders, and models whose
+worker process died or overran --timeout_per_model go to failures.jsonl and never stop the run; models
+drawn without their .mtl, a material or a texture go to warnings.jsonl. One OpenGL context per worker
+process is reused for every view and model: creating one per image costs more than the rendering itself.
+At the end, <out_dir>/contact_sheet.png shows the first view of up to 8 models per category, one row per
+category (with --shard i/n, each top-level file gets a suffix: contact_sheet_shard{i}of{n}.png).
 The renderer itself is meshes/render.py.
 """
 import argparse
 import os
+import re
 import sys
+from contextlib import closing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from meshes.geometry import MeshError, view_cameras  # noqa: E402
+from meshes.geometry import UP_AXES, MeshError, view_cameras  # noqa: E402
 from meshes.render import (NO_GL, OffscreenRenderer, configure_gl, contact_sheet, gl_context_made,  # noqa: E402
                            is_done, render_model, view_name)
-from utils import write_jsonl  # noqa: E402
+from meshes.workers import WorkersCannotStart, run_watched  # noqa: E402
+from utils import read_jsonl, write_jsonl  # noqa: E402
 
 SHEET_MODELS = 8  # models per category (row) on the contact sheet
+# utils.atomic_write's temp files: .<target name>.<8 random characters from mkstemp>.tmp beside the target
+TEMP_FILE = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+MODEL_FILE = re.compile(r"view_\d+\.png|views\.json")  # what a model's folder holds
 
 
 def find_models(obj_dir, out_dir):
@@ -41,15 +51,15 @@ def find_models(obj_dir, out_dir):
     return models
 
 
-_WORKER = {}  # per-process state: the renderer lives here, created once by the pool initializer
+_WORKER = {}  # a worker process's state: the renderer lives here, created once by _init_worker
 
 
-def _init_worker(size, bg, cameras, lp_threads):
-    """Pool initializer (also run in-process for 1 worker). Never raises: an exception here would make
-    multiprocessing restart the worker forever, so the error is kept and every job reports it."""
+def _init_worker(size, bg, cameras, up, lp_threads):
+    """Worker initializer. Never raises: the error is kept and every job reports it, so the run stops
+    with a message saying what to install."""
     if lp_threads is not None:  # several workers: llvmpipe draws in the worker's own thread, no helpers
         os.environ.setdefault("LP_NUM_THREADS", str(lp_threads))  # read when the GL context is made
-    _WORKER.update(cameras=cameras, size=size, bg=bg)
+    _WORKER.update(cameras=cameras, size=size, bg=bg, up=up)
     try:
         _WORKER["renderer"] = OffscreenRenderer(size, size, bg)
     except Exception as e:  # OffscreenRenderer raises OSError starting with NO_GL, naming what to install
@@ -57,15 +67,14 @@ def _init_worker(size, bg, cameras, lp_threads):
 
 
 def _render_job(job):
-    """(obj path, out dir, rel name) -> (rel name, None or failure reason). Never raises."""
+    """(obj path, out dir, rel name) -> (None or failure reason, [material warning]). Never raises."""
     obj_path, out_dir, rel = job
     if "init_error" in _WORKER:
-        return rel, _WORKER["init_error"]
+        return _WORKER["init_error"], []
     try:
-        render_model(_WORKER["renderer"], obj_path, out_dir, _WORKER["cameras"])
-        return rel, None
+        return None, render_model(_WORKER["renderer"], obj_path, out_dir, _WORKER["cameras"], _WORKER["up"])
     except MeshError as e:
-        return rel, str(e)
+        return str(e), []
     except Exception as e:
         # The GL context may be unusable after an error deep in the renderer: start a fresh one.
         try:
@@ -73,7 +82,7 @@ def _render_job(job):
         except Exception:
             pass
         _WORKER["renderer"] = OffscreenRenderer(_WORKER["size"], _WORKER["size"], _WORKER["bg"])
-        return rel, f"render error: {type(e).__name__}: {e}"
+        return f"render error: {type(e).__name__}: {e}", []
 
 
 def write_contact_sheet(done, obj_dir, out_path):
@@ -102,7 +111,11 @@ def _parse_args(argv):
     p.add_argument("--distance", type=float, default=3.0, help="camera distance (model fits the unit sphere)")
     p.add_argument("--yfov", type=float, default=40.0, help="vertical field of view in degrees")
     p.add_argument("--bg", default="255,255,255", help="background colour R,G,B")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--up", choices=UP_AXES, default="y",
+                   help="the model axis that points up (y: Pix3D, ShapeNet; z: many CAD and scan exports)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own renderer")
+    p.add_argument("--timeout_per_model", type=float, default=600.0,
+                   help="seconds one model may take before its worker is stopped and it fails (0: no limit)")
     p.add_argument("--shard", default="0/1", help="i/n: render the models whose sorted index %% n == i")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any model failed")
     p.add_argument("--platform", choices=["egl", "osmesa"], default=os.environ.get("PYOPENGL_PLATFORM", "egl"))
@@ -117,6 +130,8 @@ def _parse_args(argv):
         p.error(f"--bg {args.bg}: expected R,G,B in 0..255")
     if not 0 <= shard_i < shard_n:
         p.error(f"--shard {args.shard}: expected 0 <= i < n")
+    if args.workers < 1 or args.timeout_per_model < 0:
+        p.error("--workers must be at least 1 and --timeout_per_model at least 0")
     args.shard = (shard_i, shard_n)
     return args
 
@@ -133,23 +148,54 @@ def _shard(models, shard):
 
 
 def _results(args, jobs, cameras):
-    """Iterator of (rel name, failure reason or None) over the jobs, in one process or a worker pool;
-    returns (iterator, pool or None)."""
-    if not jobs:
-        return iter(()), None
-    if args.workers <= 1:
-        _init_worker(args.size, args.bg, cameras, None)
-        return map(_render_job, jobs), None
+    """Iterator of (job, failure reason or None, [material warning]) over the jobs, in worker processes
+    watched by meshes/workers.py: a model whose worker dies or overruns --timeout_per_model fails alone."""
     import multiprocessing as mp
+
+    if not jobs:
+        return
 
     import pyrender  # noqa: F401  imported once here (after configure_gl), forked workers inherit it
     import trimesh  # noqa: F401
 
-    # fork starts much faster than spawn, but is only safe while this process holds no GL context.
-    fork_ok = "fork" in mp.get_all_start_methods() and not gl_context_made()
-    pool = mp.get_context("fork" if fork_ok else "spawn").Pool(
-        min(args.workers, len(jobs)), _init_worker, (args.size, args.bg, cameras, 0))
-    return pool.imap_unordered(_render_job, jobs), pool
+    # fork starts much faster than spawn, but is only safe while this process holds no GL context (a
+    # library caller may hold one): the forkserver forks from a clean process instead.
+    if "fork" in mp.get_all_start_methods() and not gl_context_made():
+        ctx = mp.get_context("fork")
+    else:
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        if __name__ != "__main__":
+            ctx.set_forkserver_preload([__name__, "pyrender", "trimesh"])
+    lp_threads = 0 if args.workers > 1 else None
+    watched = run_watched(_render_job, jobs, args.workers, _init_worker,
+                          (args.size, args.bg, cameras, args.up, lp_threads), args.timeout_per_model or None, ctx)
+    with closing(watched):  # closing this generator stops the workers at once
+        for job, result, lost in watched:
+            yield (job, lost, []) if lost is not None else (job, *result)
+
+
+def remove_temp_files(out_dir, folders, suffix):
+    """Delete the temp files a killed run left (TEMP_FILE) beside this shard's own files only: its model
+    folders and its top-level files, so a shard running beside it keeps its half-written files. Returns
+    how many were removed."""
+    own = {f"failures{suffix}.jsonl", f"warnings{suffix}.jsonl", f"contact_sheet{suffix}.png"}
+    removed = 0
+    for folder, targets in [(out_dir, own.__contains__)] + [(f, MODEL_FILE.fullmatch) for f in folders]:
+        for path in Path(folder).glob(".*.tmp"):
+            match = TEMP_FILE.fullmatch(path.name)
+            if match and targets(match["target"]) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def previous_warnings(path, models):
+    """The rows of an earlier run's warnings file about `models` (those this run skips, still as they were
+    rendered then); none when the file is missing or damaged."""
+    try:
+        return [row for row in read_jsonl(path) if row.get("model") in models]
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def main(argv=None):
@@ -172,19 +218,24 @@ def main(argv=None):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    done = [m for m in models if is_done(m[1], cameras, args.size, args.size)]
+    shard_i, shard_n = args.shard
+    suffix = "" if shard_n == 1 else f"_shard{shard_i}of{shard_n}"  # parallel shards keep their own files
+    removed = remove_temp_files(out_dir, [folder for _, folder in models], suffix)
+    if removed:
+        print(f"removed {removed} temp files left by an interrupted run")
+    done = [m for m in models if is_done(m[1], cameras, args.size, args.size, args.up)]
     skipped, finished = len(done), set(done)
     jobs = [(str(p), str(folder), p.relative_to(obj_dir).as_posix()) for p, folder in models
             if (p, folder) not in finished]
     model_of = {p.relative_to(obj_dir).as_posix(): (p, folder) for p, folder in models}
+    warnings = previous_warnings(out_dir / f"warnings{suffix}.jsonl",
+                                 {p.relative_to(obj_dir).as_posix() for p, _ in done})
 
-    failures, rendered, pool = [], 0, None
+    failures, rendered = [], 0
     bar = tqdm(total=len(jobs), desc="render", unit="model", disable=not jobs)
-    shard_i, shard_n = args.shard
-    suffix = "" if shard_n == 1 else f"_shard{shard_i}of{shard_n}"  # parallel shards keep their own files
+    results = _results(args, jobs, cameras)
     try:
-        results, pool = _results(args, jobs, cameras)
-        for rel, reason in results:
+        for (_, _, rel), reason, problems in results:
             if reason is not None and reason.startswith(NO_GL):
                 bar.close()
                 print(f"error: {reason}", file=sys.stderr)
@@ -192,21 +243,27 @@ def main(argv=None):
             if reason is None:
                 rendered += 1
                 done.append(model_of[rel])
+                warnings += [{"model": rel, **problem} for problem in problems]
+                for problem in problems:
+                    tqdm.write(f"warning: {rel}: {problem['kind']}: {problem['file']}")
             else:
                 failures.append({"model": rel, "reason": reason})
                 tqdm.write(f"failed: {rel}: {reason}")
             bar.update()
+    except WorkersCannotStart as e:
+        bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-        if "renderer" in _WORKER:
-            _WORKER.pop("renderer").close()
+        results.close()  # stops the workers
         write_jsonl(out_dir / f"failures{suffix}.jsonl", failures)  # this run's failures
+        # every finished model's warnings: the skipped ones' from earlier runs, the rendered ones' from this one
+        write_jsonl(out_dir / f"warnings{suffix}.jsonl", sorted(warnings, key=lambda row: row["model"]))
 
     if done:
         print(f"contact sheet: {write_contact_sheet(done, obj_dir, out_dir / f'contact_sheet{suffix}.png')}")
-    print(f"rendered {rendered}, skipped {skipped}, failed {len(failures)}")
+    print(f"rendered {rendered}, skipped {skipped}, failed {len(failures)}, warnings {len(warnings)}")
     if models and rendered == 0 and skipped == 0:
         return 1
     return 1 if args.strict and failures else 0

@@ -131,7 +131,7 @@ def test_render_matches_projected_vertices(tmp_path):
 def test_renders_nonblank_distinct_centred(tmp_path, capsys):
     chair_like(tmp_path / "model/chair/A/model.obj")
     assert run(tmp_path) == 0
-    assert summary(capsys) == "rendered 1, skipped 0, failed 0"
+    assert summary(capsys) == "rendered 1, skipped 0, failed 0, warnings 0"
     out = tmp_path / "renders/chair/A"
     imgs = views(out)
     for img in imgs:
@@ -166,7 +166,7 @@ def test_bad_meshes_are_logged_and_skipped(tmp_path, capsys):
     (bad / "nofaces/model.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
     chair_like(tmp_path / "model/good/model.obj")
     assert run(tmp_path) == 0
-    assert summary(capsys) == "rendered 1, skipped 0, failed 3"
+    assert summary(capsys) == "rendered 1, skipped 0, failed 3, warnings 0"
     assert (tmp_path / "renders/good/views.json").is_file()
     rows = [json.loads(line) for line in (tmp_path / "renders/failures.jsonl").read_text().splitlines()]
     reasons = {r["model"]: r["reason"] for r in rows}
@@ -174,7 +174,7 @@ def test_bad_meshes_are_logged_and_skipped(tmp_path, capsys):
                        "bad/garbage/model.obj": "no geometry parsed (not an OBJ file?)",
                        "bad/nofaces/model.obj": "no faces"}
     assert run(tmp_path, "--strict") != 0  # good one skipped, the 3 bad ones fail again
-    assert summary(capsys) == "rendered 0, skipped 1, failed 3"
+    assert summary(capsys) == "rendered 0, skipped 1, failed 3, warnings 0"
     with pytest.raises(geometry.MeshError, match="file not found"):
         geometry.load_model(tmp_path / "missing.obj")
 
@@ -183,7 +183,7 @@ def test_nothing_renderable_exits_nonzero(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     (tmp_path / "model/x.obj").write_text("")
     assert run(tmp_path) != 0
-    assert summary(capsys) == "rendered 0, skipped 0, failed 1"
+    assert summary(capsys) == "rendered 0, skipped 0, failed 1, warnings 0"
 
 
 def test_resume_skips_finished_and_redoes_incomplete(tmp_path, capsys):
@@ -193,11 +193,11 @@ def test_resume_skips_finished_and_redoes_incomplete(tmp_path, capsys):
     files = sorted((tmp_path / "renders").glob("*/*"))
     mtimes = {f: f.stat().st_mtime_ns for f in files}
     assert run(tmp_path) == 0
-    assert summary(capsys).endswith("rendered 0, skipped 2, failed 0")
+    assert summary(capsys).endswith("rendered 0, skipped 2, failed 0, warnings 0")
     assert {f: f.stat().st_mtime_ns for f in files} == mtimes
     (tmp_path / "renders/B/view_03.png").unlink()
     assert run(tmp_path) == 0
-    assert summary(capsys) == "rendered 1, skipped 1, failed 0"
+    assert summary(capsys) == "rendered 1, skipped 1, failed 0, warnings 0"
     assert (tmp_path / "renders/B/view_03.png").is_file()
     assert all(f.stat().st_mtime_ns == mtimes[f] for f in files if f.parent.name == "A")
     assert not list((tmp_path / "renders").rglob("*.tmp"))  # atomic writes left no temp files
@@ -209,7 +209,7 @@ def test_nested_layout_and_multi_obj_folders(tmp_path, capsys):
     chair_like(tmp_path / "model/table/pair/left.obj")
     cone_model(tmp_path / "model/table/pair/right.obj")
     assert run(tmp_path) == 0
-    assert summary(capsys) == "rendered 4, skipped 0, failed 0"
+    assert summary(capsys) == "rendered 4, skipped 0, failed 0, warnings 0"
     done = sorted(p.parent.relative_to(tmp_path / "renders").as_posix()
                   for p in (tmp_path / "renders").rglob("views.json"))
     assert done == ["chair/A", "chair/B", "table/pair/left", "table/pair/right"]
@@ -231,7 +231,9 @@ def test_texture_without_uv_falls_back_to_flat_colour(tmp_path, capsys):
     Image.new("RGB", (8, 8), (20, 120, 220)).save(folder / "wood.png")
     write_obj(folder / "model.obj", [(trimesh.creation.box((1, 0.5, 0.7)), (255, 255, 255))], texture="wood.png")
     assert run(tmp_path) == 0
-    assert summary(capsys) == "rendered 1, skipped 0, failed 0"
+    assert summary(capsys) == "rendered 1, skipped 0, failed 0, warnings 1"  # drawn flat: said so
+    rows = [json.loads(line) for line in (tmp_path / "renders/warnings.jsonl").read_text().splitlines()]
+    assert rows == [{"model": "textured/model.obj", "kind": "texture_without_uv", "file": str(folder / "wood.png")}]
     img = views(tmp_path / "renders/textured")[0]
     fg = (img != 255).any(axis=2)
     assert fg.mean() > 0.05
@@ -254,7 +256,7 @@ def test_uv_texture_is_sampled(tmp_path, capsys):
     (folder / "model.obj").write_text("\n".join(lines) + "\n")
     (folder / "model.mtl").write_text("newmtl t\nKd 1 1 1\nmap_Kd tex.png\n")
     assert run(tmp_path) == 0
-    assert summary(capsys) == "rendered 1, skipped 0, failed 0"
+    assert summary(capsys) == "rendered 1, skipped 0, failed 0, warnings 0"
     img = views(tmp_path / "renders/tex")[0].astype(int)
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
     yellow = (r > 120) & (g > 100) & (b < 60)
@@ -281,7 +283,7 @@ def test_two_workers_match_one_worker(tmp_path, capsys):
         (chair_like if k % 2 else cone_model)(tmp_path / f"model/m{k}/model.obj")
     assert run(tmp_path, "--workers", "1", out="one") == 0
     assert run(tmp_path, "--workers", "2", out="two") == 0
-    assert summary(capsys) == "rendered 3, skipped 0, failed 0"
+    assert summary(capsys) == "rendered 3, skipped 0, failed 0, warnings 0"
     for k in range(3):
         for x, y in zip(views(tmp_path / f"one/m{k}"), views(tmp_path / f"two/m{k}")):
             assert np.abs(x.astype(int) - y.astype(int)).max() <= 2
