@@ -13,16 +13,22 @@ mode="eval": item i is the i-th view of the split, returned as (image tensor, mo
 Photo -> shape retrieval (identity = the 3D model):
     ShapeImageDataset: the split's photos (cropped to their bbox, optionally masked) and renders, one label per model.
     PKSampler: batches of P models x K images (photos and renders mixed) for the metric losses.
+
+Bad data never stops a run halfway: a jsonl line with a missing or mistyped field, or a model already on an
+earlier line, is named (file, line, field) and left out on load (`n_bad_lines`); an image that cannot be read
+mid-run is replaced by another image of the same model and counted in `n_unreadable` (over all DataLoader
+workers), for the training loop to report.
 """
+import json
+import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils import read_jsonl
-
 SPLITS = ("train", "val", "test", "all")
+MAX_WARNINGS = 5  # bad lines and unreadable files named on stderr (per process); the rest are only counted
 
 
 def load_image(path):
@@ -32,6 +38,98 @@ def load_image(path):
             return im.convert("RGB")
     except Exception as e:
         raise OSError(f"{path}: cannot read image ({e})") from None
+
+
+# ----------------------------------------------------------------------------- reading usable_samples.jsonl
+def _strings(value, allow_empty_list=False):
+    return (isinstance(value, list) and (allow_empty_list or len(value) > 0)
+            and all(isinstance(v, str) and v.strip() for v in value))
+
+
+def _photo_problem(photo):
+    if not isinstance(photo, dict) or not isinstance(photo.get("img"), str) or not photo["img"]:
+        return "photos: an entry without an 'img' path"
+    if photo.get("mask") is not None and not isinstance(photo["mask"], str):
+        return "photos: 'mask' is not a path"
+    return None
+
+
+def sample_problem(row):
+    """None when a jsonl row is usable, else 'field: what is wrong'."""
+    if not isinstance(row, dict):
+        return f"not a JSON object but {type(row).__name__}"
+    for key in ("model_id", "category"):
+        if not isinstance(row.get(key), str) or not row[key]:
+            return f"{key}: missing or not a string"
+    if row.get("split") not in SPLITS[:3]:
+        return f"split: {row.get('split')!r}, expected one of {', '.join(SPLITS[:3])}"
+    if not _strings(row.get("captions")):
+        return "captions: expected a non-empty list of non-blank strings"
+    if not _strings(row.get("views")):
+        return "views: expected a non-empty list of paths"
+    if not isinstance(row.get("photos", []), list):
+        return "photos: expected a list"
+    return next(filter(None, map(_photo_problem, row.get("photos", []))), None)
+
+
+def read_samples(jsonl_path):
+    """(rows, number of lines left out) of usable_samples.jsonl. Each line that is not a usable row (not JSON,
+    not an object, a missing or mistyped field, a model already on an earlier line) is named with its file,
+    line and field on stderr (the first few) and left out."""
+    rows, first_line, bad = [], {}, 0
+    with open(jsonl_path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                problem = sample_problem(row)
+            except json.JSONDecodeError as e:
+                problem = f"not valid JSON ({e.msg})"
+            if problem is None and row["model_id"] in first_line:
+                problem = f"model_id: {row['model_id']} is already on line {first_line[row['model_id']]}"
+            if problem:
+                bad += 1
+                if bad <= MAX_WARNINGS:
+                    print(f"warning: {jsonl_path}:{lineno}: {problem}; line left out", file=sys.stderr)
+                continue
+            first_line[row["model_id"]] = lineno
+            rows.append(row)
+    if bad > MAX_WARNINGS:
+        print(f"warning: {jsonl_path}: {bad} lines left out in all", file=sys.stderr)
+    return rows, bad
+
+
+class UnreadableFiles:
+    """Counts reads of files that could not be read, in a shared tensor so that DataLoader worker processes
+    add to the one count the main process reads. A file that failed once is not tried again in that process."""
+
+    def __init__(self):
+        self.count = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.known = set()
+
+    def failed(self, path, error):
+        self.count += 1
+        if path not in self.known:
+            self.known.add(path)
+            if len(self.known) <= MAX_WARNINGS:
+                print(f"warning: {error}; another image of the same model is used instead", file=sys.stderr)
+
+    def __int__(self):
+        return int(self.count.item())
+
+
+def first_readable(paths, load, unreadable):
+    """load(path) of the first path that can be read (OSError or ValueError: counted in `unreadable`), or None."""
+    for path in paths:
+        if path in unreadable.known:
+            unreadable.count += 1
+            continue
+        try:
+            return load(path)
+        except (OSError, ValueError) as e:
+            unreadable.failed(path, e)
+    return None
 
 
 class MultiViewDataset(Dataset):
@@ -44,9 +142,11 @@ class MultiViewDataset(Dataset):
         if not self.jsonl_path.exists():
             raise FileNotFoundError(f"{jsonl_path}: not found (run scripts/generate_jsonl.py first)")
         root = self.jsonl_path.parent
-        rows = [r for r in read_jsonl(self.jsonl_path) if split == "all" or r["split"] == split]
+        rows, self.n_bad_lines = read_samples(self.jsonl_path)
+        rows = [r for r in rows if split == "all" or r["split"] == split]
         if not rows:
             raise ValueError(f"{jsonl_path}: no models in split {split!r}")
+        self.unreadable = UnreadableFiles()
         self.split, self.mode, self.preprocess = split, mode, preprocess
         self.draws_per_model = draws_per_model
         self.model_ids = [r["model_id"] for r in rows]
@@ -55,9 +155,6 @@ class MultiViewDataset(Dataset):
         self.views = [[root / v for v in r["views"]] for r in rows]
         self.photos = [[dict(p, img=root / p["img"], mask=root / p["mask"] if p.get("mask") else None)
                         for p in r.get("photos", [])] for r in rows]
-        for mid, views, caps in zip(self.model_ids, self.views, self.captions):
-            if not views or not caps:
-                raise ValueError(f"{jsonl_path}: model {mid} has no views or no captions")
         # flat lists for evaluation: every view and every caption, each with its model index
         self.view_index = [(m, path) for m, views in enumerate(self.views) for path in views]
         self.texts = [(c, m) for m, caps in enumerate(self.captions) for c in caps]
@@ -67,14 +164,32 @@ class MultiViewDataset(Dataset):
             return len(self.model_ids) * self.draws_per_model
         return len(self.view_index)
 
+    @property
+    def n_unreadable(self):
+        """Reads of unreadable files replaced by another image of the same model so far (all workers)."""
+        return int(self.unreadable)
+
+    def view(self, m, path):
+        """The view at `path` of model m or, when it cannot be read, another view of m; None when none can."""
+        return first_readable([path] + [p for p in self.views[m] if p != path], load_image, self.unreadable)
+
     def __getitem__(self, i):
         if self.mode == "eval":
             m, path = self.view_index[i]
-            return self.preprocess(load_image(path)), m
+            image = self.view(m, path)
+            if image is None:
+                raise OSError(f"{self.jsonl_path}: model {self.model_ids[m]}: none of its {len(self.views[m])} "
+                              "views can be read")
+            return self.preprocess(image), m
         m = i % len(self.model_ids)
         v = int(torch.randint(len(self.views[m]), ()))
         c = int(torch.randint(len(self.captions[m]), ()))
-        return self.preprocess(load_image(self.views[m][v])), self.captions[m][c], m
+        for k in range(len(self.model_ids)):  # a model none of whose views can be read gives way to the next
+            n = (m + k) % len(self.model_ids)
+            image = self.view(n, self.views[n][v % len(self.views[n])])
+            if image is not None:
+                return self.preprocess(image), self.captions[n][c % len(self.captions[n])], n
+        raise OSError(f"{self.jsonl_path}: no view of any model of split {self.split!r} can be read")
 
 
 # ============================================================================= photo -> shape retrieval
@@ -140,7 +255,7 @@ class ShapeImageDataset(Dataset):
             raise ValueError(f"mode {mode!r}: expected 'train' or 'eval'")
         base = MultiViewDataset(jsonl_path, split, preprocess, mode="eval")
         self.model_ids, self.categories, self.captions, self.views = base.model_ids, base.categories, base.captions, base.views
-        self.photos = base.photos
+        self.photos, self.n_bad_lines, self.unreadable = base.photos, base.n_bad_lines, base.unreadable
         self.preprocess, self.mode, self.margin, self.apply_mask = preprocess, mode, margin, apply_mask
         kept = [(m, p) for m, ps in enumerate(base.photos) for p in ps if keep_hard or not is_hard(p)] if photos else []
         self.n_hard_skipped = sum(len(ps) for ps in base.photos) - len(kept) if photos else 0
@@ -152,14 +267,32 @@ class ShapeImageDataset(Dataset):
                              + ("" if keep_hard else " (truncated/occluded photos were left out)"))
         self.labels = [m for m, _, _ in self.items]
         self.is_photo = [p for _, p, _ in self.items]
+        self.items_of = {}
+        for i, m in enumerate(self.labels):
+            self.items_of.setdefault(m, []).append(i)
 
     def __len__(self):
         return len(self.items)
 
-    def image(self, i):
-        """Item i as a PIL image, before preprocessing (the gallery pictures show this)."""
+    @property
+    def n_unreadable(self):
+        """Reads of unreadable photos, masks or views replaced by another image of the same model (all workers)."""
+        return int(self.unreadable)
+
+    def _load(self, i):
         _, photo, src = self.items[i]
         return load_photo(src, self.margin, self.apply_mask) if photo else load_image(src)
+
+    def image(self, i):
+        """Item i as a PIL image, before preprocessing (the gallery pictures show this). When it cannot be read:
+        another image of the same model (its other items, then its views), counted in n_unreadable."""
+        m = self.labels[i]
+        fallback = [j for j in self.items_of[m] if j != i] + [("view", p) for p in self.views[m]]
+        load = lambda j: load_image(j[1]) if isinstance(j, tuple) else self._load(j)  # noqa: E731
+        image = first_readable([i] + fallback, load, self.unreadable)
+        if image is None:
+            raise OSError(f"model {self.model_ids[m]}: none of its photos and views can be read")
+        return image
 
     def __getitem__(self, i):
         m = self.labels[i]
