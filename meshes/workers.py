@@ -23,9 +23,10 @@ class WorkersCannotStart(RuntimeError):
     """A worker process died before it was ready: no job can run."""
 
 
-def _serve(conn, func, initializer, initargs, parent):
+def _serve(conn, func, initializer, initargs):
     """A worker's life: set up once, then run the jobs the parent sends until it sends None or is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    parent = os.getppid()  # the run, or the forkserver that dies with it
     if initializer is not None:
         initializer(*initargs)
     conn.send(_READY)
@@ -58,8 +59,7 @@ def death_reason(exitcode):
 class _Worker:
     def __init__(self, ctx, func, initializer, initargs):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, func, initializer, initargs, os.getpid()),
-                                   daemon=True)
+        self.process = ctx.Process(target=_serve, args=(child, func, initializer, initargs), daemon=True)
         self.process.start()
         child.close()
         self.ready, self.busy, self.job, self.started = False, False, None, 0.0

@@ -225,3 +225,17 @@ def test_orphaned_temp_files_are_removed_and_nothing_else(tmp_path, capsys):
     assert "removed 4 temp files left by an interrupted run" in lines
     assert lines[-1] == "rendered 1, skipped 0, failed 0, warnings 0"
     assert not any(p.exists() for p in orphans) and all(p.exists() for p in others)
+
+
+def test_render_views_warns_and_rejects_blank_renders(tmp_path):
+    """The library entry point (caption.py's) says the same: a Python warning, a ValueError naming the file."""
+    from meshes import render
+
+    path = chair_like(tmp_path / "nomtl/model.obj")
+    (tmp_path / "nomtl/model.mtl").unlink()
+    with pytest.warns(UserWarning, match=f"{path}: mtl_missing: {tmp_path / 'nomtl/model.mtl'}"):
+        assert len(render.render_views(path, size=32)) == 12
+    far = append_to_obj(chair_like(tmp_path / "far/model.obj"), [(1e5, 0, 0), (1e5, 0.01, 0), (1e5, 0, 0.01)],
+                        [(0, 1, 2)])
+    with pytest.raises(ValueError, match=f"{far}: view 0 is blank"):
+        render.render_views(far, size=32)
