@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 export PYOPENGL_PLATFORM ?= egl
 export EGL_PLATFORM ?= surfaceless
 
-.PHONY: setup demo test bench clean-data
+.PHONY: setup demo test bench gpu-smoke clean-data
 
 setup: $(STAMP)
 	@bash scripts/check_system.sh
@@ -26,6 +26,10 @@ bench: setup
 	$(PY) bench/bench_render.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_eval.py
+
+# ViT-B/32 (random weights) on every visible GPU: full fine-tune + resume, linear probe, evaluation (bench/bench_gpu.py)
+gpu-smoke: setup
+	$(PY) bench/bench_gpu.py
 
 clean-data:
 	rm -rf data/pix3d_toy logs/demo

@@ -58,8 +58,9 @@ seed = 0
 run_name = ""               # default: <timestamp>-<train_mode>-<clip_model>-<random suffix>
 resume = ""                 # a last.pt path, or "latest"
 stop_after_epochs = 0       # stop (resumably) after this many epochs in this process, e.g. for time-limited jobs
-max_steps = 0               # end the run after this many optimizer steps (0 = no limit), as an epoch end would:
-                            # validation, last.pt and best.pt; for a quick try of a real-size model
+max_steps = 0               # stop after this many optimizer steps (0 = no limit) as an epoch end would (validation,
+                            # last.pt, best.pt); the learning-rate schedule stays the epochs', so a resume with a
+                            # larger max_steps continues exactly; for a quick try of a real-size model
 log_every = 10              # optimizer steps between TensorBoard points (each costs a device -> host sync)
 logs_dir = "logs"
 weights_dir = "weights"
@@ -199,8 +200,7 @@ def _fit(cfg, task, ckpt, rank, world, dev):
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], **getattr(task, "optim_args", {}))
     total = math.ceil(steps_per_epoch / cfg["grad_accum"]) * cfg["epochs"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg["warmup_steps"], min(total, cfg["max_steps"] or total)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg["warmup_steps"], total))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     run = _Run(cfg, task, rank, log_dir, ckpt_dir)
     resume_rng = None
@@ -284,16 +284,16 @@ def _epochs(cfg, task, run, loop, resume_rng, say):
                 writer.add_scalar(f"train/epoch_{k}", v.item() / max(1, run.batches_done - skip), run.step)
             writer.flush()
         parts = "  ".join(f"{k} {v.item() / max(1, run.batches_done - skip):.4f}" for k, v in sums.items())
-        say(f"epoch {run.epoch + 1}/{cfg['epochs']}  {parts}  val {task.select_metric} {value:.4f}  "
+        done = "" if run.batches_done == loop["steps_per_epoch"] else f" ({run.batches_done} of {loop['steps_per_epoch']} batches)"
+        say(f"epoch {run.epoch + 1}/{cfg['epochs']}{done}  {parts}  val {task.select_metric} {value:.4f}  "
             f"({time.time() - t0:.1f}s)", flush=True)
-        run.epoch += 1
-        run.batches_done = 0
-        rng = rng_state()
+        unfinished = run.batches_done < loop["steps_per_epoch"]  # max_steps ended it: a resume goes on inside it
+        if not unfinished:
+            run.epoch, run.batches_done = run.epoch + 1, 0
+        rng, epoch_rng = (loop["boundary_rng"], loop["epoch_rng"]) if unfinished else (rng_state(), None)
         if world > 1:  # every rank's RNG, so that a resumed DDP run continues each rank's stream
-            states = [None] * world
-            dist.all_gather_object(states, rng)
-            rng = states
-        run.save("last.pt", optimizer, loop["scheduler"], loop["scaler"], rng)
+            rng, epoch_rng = _gather(rng, world), _gather(epoch_rng, world)
+        run.save("last.pt", optimizer, loop["scheduler"], loop["scaler"], rng, epoch_rng)
         if improved:
             run.save("best.pt")
         if run.stale >= cfg["patience"]:
@@ -306,6 +306,12 @@ def _epochs(cfg, task, run, loop, resume_rng, say):
             say(f"stopping after {cfg['stop_after_epochs']} epochs as asked; continue with "
                 f"--resume={run.ckpt_dir / 'last.pt'}")
             break
+
+
+def _gather(obj, world):
+    states = [None] * world
+    dist.all_gather_object(states, obj)
+    return states
 
 
 def _train_batch(cfg, task, run, loop, i, batch, sums):

@@ -139,13 +139,21 @@ def test_configurator_forms_and_config_file_types(tmp_path):
         apply_overrides(cfg, [str(tmp_path / "bad.json")])
 
 
-def test_max_steps_ends_like_an_epoch_end(tmp_path, synthetic_jsonl):
-    out = run(tmp_path, synthetic_jsonl, "--epochs=5", "--max_steps=4")
+def test_max_steps_ends_like_an_epoch_end_and_resumes_inside_the_epoch(tmp_path, synthetic_jsonl):
+    """max_steps validates and writes last.pt and best.pt; a resume with a larger max_steps goes on inside the
+    epoch and ends where an uninterrupted run ends."""
+    out = run(tmp_path / "b", synthetic_jsonl, "--epochs=2", "--max_steps=4")
     last = torch.load(Path(out["weights_dir"]) / "last.pt", weights_only=True)
-    assert last["step"] == 4 and last["epoch"] == 1  # 6 steps an epoch: stopped inside epoch 1, validated
-    assert (Path(out["weights_dir"]) / "best.pt").exists() and "text2image_R@1" in out["val"]
-    assert set(torch.load(Path(out["weights_dir"]) / "best.pt", weights_only=True)) >= {"model", "config", "metrics"}
-    assert "optimizer" not in torch.load(Path(out["weights_dir"]) / "best.pt", weights_only=True)
+    assert last["step"] == 4 and last["epoch"] == 0 and last["batches_done"] == 4  # 6 batches an epoch
+    best = torch.load(Path(out["weights_dir"]) / "best.pt", weights_only=True)
+    assert set(best) >= {"model", "config", "metrics"} and "optimizer" not in best
+    assert "text2image_R@1" in out["val"]
+    run(tmp_path / "b", synthetic_jsonl, f"--resume={Path(out['weights_dir']) / 'last.pt'}", "--max_steps=0")
+    run(tmp_path / "a", synthetic_jsonl, "--epochs=2")
+    a, b = weights(tmp_path / "a/weights/run/last.pt"), weights(tmp_path / "b/weights/run/last.pt")
+    assert torch.load(tmp_path / "b/weights/run/last.pt", weights_only=True)["step"] == 12
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
 def test_resume_latest_takes_the_newest_run_of_its_kind(tmp_path, synthetic_jsonl):
@@ -267,3 +275,10 @@ def test_explicit_cuda_device_under_torchrun_follows_the_local_rank(monkeypatch)
     with pytest.warns(UserWarning, match="cuda:0 under torchrun"):
         assert utils.setup_distributed("cuda:0") == (1, 2, "cuda:1")
     assert chosen == [1]
+
+
+def test_gpu_smoke_stops_at_once_without_a_gpu(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "bench/bench_gpu.py"), "--out_dir", str(tmp_path / "smoke")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "no CUDA device is visible" in res.stdout
+    assert not (tmp_path / "smoke").exists()
