@@ -11,7 +11,7 @@ live in metrics/retrieval.py; `from eval_recall import compute_recall_at_k` keep
 import argparse
 
 from features import encode_split
-from metrics.evaluate import add_eval_args, load_eval_model, save_results
+from metrics.evaluate import add_eval_args, load_eval_model, metric_table, save_results
 from metrics.plots import plot_gallery, plot_recall_curves
 from metrics.retrieval import VIEW_MODES, retrieval_metrics, shape_gallery
 # re-exported: users import compute_recall_at_k from here, and tasks/text2shape.py evaluate_retrieval
@@ -56,16 +56,9 @@ def text_queries(feats, ds, n):
 
 
 def format_table(result):
-    m = result["metrics"]
     lines = [f"{result['model']} on {result['split']} ({result['n_models']} models, {result['n_views']} views, "
-             f"{result['n_captions']} captions; views pooled by {result['views']})",
-             f"{'':<26}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'mAP':>7}{'medR':>7}"]
-    for prefix, level in (("", "same model"), ("category/", "same category")):
-        for d in ("text2image", "image2text"):
-            k = f"{prefix}{d}"
-            lines.append(f"{d + ' (' + level + ')':<26}{m[k + '_R@1']:7.3f}{m[k + '_R@5']:7.3f}"
-                         f"{m[k + '_R@10']:7.3f}{m[k + '_mAP']:7.3f}{m[k + '_median_rank']:7.1f}")
-    return "\n".join(lines)
+             f"{result['n_captions']} captions; views pooled by {result['views']})"]
+    return "\n".join(lines + metric_table(result["metrics"], ("text2image", "image2text")))
 
 
 def main(argv=None):

@@ -21,7 +21,7 @@ import argparse
 import torch
 
 from features import encode_photo_split
-from metrics.evaluate import add_bool_arg, add_eval_args, load_eval_model, save_results
+from metrics.evaluate import add_bool_arg, add_eval_args, load_eval_model, metric_table, save_results
 # re-exported for tasks/photo2shape.py, which validates with it
 from metrics.evaluate import evaluate_photo2shape  # noqa: F401
 from metrics.plots import plot_gallery
@@ -49,15 +49,9 @@ def photo2shape_report(wrapper, preprocess, jsonl, split, out_dir, label, device
 
 
 def format_table(result):
-    m = result["metrics"]
     lines = [f"{result['model']} on {result['split']}: {result['n_photos']} photos of {result['n_models_with_photos']} "
-             f"models ({result['n_photos_left_out']} truncated/occluded left out) against {result['n_models']} shapes",
-             f"{'':<28}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'mAP':>7}{'medR':>7}"]
-    for prefix, level in (("", "same model"), ("category/", "same category")):
-        k = f"{prefix}photo2shape"
-        lines.append(f"{'photo2shape (' + level + ')':<28}{m[k + '_R@1']:7.3f}{m[k + '_R@5']:7.3f}"
-                     f"{m[k + '_R@10']:7.3f}{m[k + '_mAP']:7.3f}{m[k + '_median_rank']:7.1f}")
-    return "\n".join(lines)
+             f"models ({result['n_photos_left_out']} truncated/occluded left out) against {result['n_models']} shapes"]
+    return "\n".join(lines + metric_table(result["metrics"], ("photo2shape",)))
 
 
 def main(argv=None):

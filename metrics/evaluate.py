@@ -41,6 +41,19 @@ def save_results(out_dir, result, tb_prefix=None, name="results.json"):
 
 
 # ----------------------------------------------------------------------------- the evaluation CLIs' shared part
+def metric_table(metrics, directions):
+    """Lines of an R@1 / R@5 / R@10 / mAP / median rank table: one row per direction (e.g. "text2image") and level
+    (same model, then same category: the "category/" keys)."""
+    rows = [(f"{d} ({level})", f"{prefix}{d}") for prefix, level in (("", "same model"), ("category/", "same category"))
+            for d in directions]
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [f"{'':<{width}}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'mAP':>7}{'medR':>7}"]
+    for label, k in rows:
+        lines.append(f"{label:<{width}}{metrics[k + '_R@1']:7.3f}{metrics[k + '_R@5']:7.3f}"
+                     f"{metrics[k + '_R@10']:7.3f}{metrics[k + '_mAP']:7.3f}{metrics[k + '_median_rank']:7.1f}")
+    return lines
+
+
 def parse_bool(text):
     """argparse type of a switch that also takes a value, as the training config does: --photo_mask,
     --photo_mask=True, --photo_mask False."""

@@ -287,3 +287,25 @@ def test_photo2shape_ddp_two_cpu_processes(photo_jsonl, tmp_path):
     assert "world size 2" in res.stdout and res.stdout.count("epoch 1/1") == 1
     ckpt = torch.load(tmp_path / "weights/ddp/last.pt", weights_only=True)
     assert ckpt["step"] == 3  # 12 models / P=2 = 6 batches, 3 per rank
+
+
+def test_gallery_frames_the_right_shape_green(tmp_path):
+    from metrics.plots import GREEN, GREY, first_hit_rank, plot_gallery
+
+    views_of = []
+    for m, color in enumerate(("red", "blue", "yellow")):
+        Image.new("RGB", (40, 40), color).save(tmp_path / f"{m}.png")
+        views_of.append([tmp_path / f"{m}.png"])
+    shapes = torch.eye(3)
+    query = torch.tensor([0.1, 1.0, 0.5])  # model 1 first, then 2, then 0
+    photo = Image.new("RGB", (50, 50), "purple")
+    plot_gallery([("a photo of 1", query, 1, photo), ("text of 2", query, 2, "a blue shape seen from the front")],
+                 shapes, [0, 1, 2], views_of, tmp_path / "g.png", top=3, thumb=40)
+    with Image.open(tmp_path / "g.png") as im:
+        pad, title_h, row_h = 6, 16, 16 + 40 + 6
+        frame = [(2 * pad + (col + 1) * (40 + pad), pad + title_h) for col in range(3)]  # top-left corner of each shape
+        assert [im.getpixel(xy) for xy in frame] == [GREEN, GREY, GREY]  # row 1: the right shape ranked first
+        assert [im.getpixel((x, y + row_h)) for x, y in frame] == [GREY, GREEN, GREY]  # row 2: second
+        assert im.getpixel((frame[0][0] + 20, frame[0][1] + 20)) == (0, 0, 255)  # the top-1 render: blue
+        assert im.getpixel((pad + 20, pad + title_h + 20)) == (128, 0, 128)  # the photo query on the left
+    assert first_hit_rank(torch.tensor([0.5, 0.9, 0.5]), [0, 1, 2], 2) == 2  # a tie goes to the right shape
