@@ -179,7 +179,8 @@ def _fit(cfg, task, ckpt, rank, world, dev):
     task.setup(dev, rank, world, ckpt)
     set_seed(cfg["seed"] + rank)  # setup may draw from the RNG (a feature-cache miss does): the run is the same
     amp_dtype = autocast_dtype(dev, cfg["amp"])
-    say(f"device: {dev}, world size {world}, amp: {amp_dtype or 'off (fp32; this hardware has no fast bf16)'}")
+    amp_note = "off (fp32; this hardware has no fast bf16)" if cfg["amp"] else "off (--amp=False)"
+    say(f"device: {dev}, world size {world}, amp: {amp_dtype or amp_note}")
     if not task.trains():
         metrics = task.validate()
         if rank == 0:

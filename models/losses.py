@@ -155,8 +155,8 @@ class CosineLoss(nn.Module):
     max(0, cos - margin) for target -1), written on the (N, N) cosine matrix so memory is O(N^2),
     not O(N^2 * dim) for the expanded pair tensors. tests/test_losses.py checks it against the library.
 
-    negatives=False reproduces the seed's bug: only matched pairs (target +1), so mapping every input
-    to one constant direction is a perfect solution and the embeddings collapse.
+    negatives=False is the naive recipe (CosineEmbeddingLoss with every target +1): only matched pairs, so mapping
+    every input to one constant direction is a perfect solution and the embeddings collapse.
     """
 
     def __init__(self, margin=0.2, negatives=True):
@@ -178,7 +178,7 @@ class CosineLoss(nn.Module):
 
 
 def build_loss(name="clip", **kw):
-    """'clip' (default) | 'cosine' | 'cosine_no_negatives' (the seed's collapsing loss, for comparison)."""
+    """'clip' (default) | 'cosine' | 'cosine_no_negatives' (the naive recipe's collapsing loss, for comparison)."""
     if name == "clip":
         return ClipLoss(**kw)
     if name == "cosine":
@@ -335,10 +335,6 @@ class ShapeLoss(nn.Module):
             self.losses["ce"] = IdentityLoss(n_classes, dim)
         if "supcon" in self.parts:
             self.losses["supcon"] = SupConLoss()
-
-    @property
-    def uses_text(self):
-        return "supcon" in self.parts
 
     def forward(self, image_features, ids, text_features=None, text_ids=None, logit_scale=None):
         values = {}

@@ -112,7 +112,7 @@ def test_cosine_loss_matches_library_pair_by_pair(margin, with_ids):
     assert torch.allclose(CosineLoss(margin, negatives=False)(img, txt, **kw), expected_pos, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- the seed's collapse
+# ----------------------------------------------------------------------------- the naive recipe's collapse
 def _train_projections(loss_name, classes=64, dim_in=32, dim_out=16, steps=400, seed=0):
     """Two linear 'encoders' on synthetic pairs: class prototype (separate per modality) + noise.
 
