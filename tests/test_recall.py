@@ -11,8 +11,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 import metrics.retrieval
-from metrics.retrieval import (aggregate_views, compute_recall_at_k, evaluate_retrieval, photo2shape_metrics,
-                               retrieval_metrics, shape_gallery)
+from metrics.retrieval import aggregate_views, compute_recall_at_k, evaluate_retrieval, retrieval_metrics, shape_gallery
 
 KS = (1, 2, 5, 10)
 
@@ -218,6 +217,21 @@ def test_aggregate_views_against_manual():
         aggregate_views(feats, ids, how="median")
     with pytest.raises(ValueError, match="6 ids for 7"):
         aggregate_views(feats, ids[:6])
+
+
+def test_shape_gallery_pools_or_keeps_views():
+    feats = gaussian(6, dim=8, seed=18) * 3
+    models = torch.tensor([2, 0, 2, 1, 0, 2])
+    pooled, ids = shape_gallery(feats, models)
+    want, want_ids = aggregate_views(feats, [2, 0, 2, 1, 0, 2])
+    assert ids == want_ids == [2, 0, 1] and torch.equal(pooled, want)
+    kept, ids = shape_gallery(feats, models, views="per_view")
+    assert ids == models.tolist()
+    torch.testing.assert_close(kept, feats / feats.norm(dim=1, keepdim=True))
+    with pytest.raises(ValueError, match="mean, max, per_view"):
+        shape_gallery(feats, models, views="sum")
+    with pytest.raises(ValueError, match="view_models: 5 ids for 6"):
+        shape_gallery(feats, models[:5])
 
 
 def test_evaluate_retrieval_keys_and_values():
