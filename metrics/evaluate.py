@@ -6,6 +6,7 @@ reports, logs/<run>/ (results.json and TensorBoard scalars).
 
 The evaluation CLIs share their arguments and their model loading through add_eval_args / load_eval_model.
 """
+import argparse
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -61,7 +62,7 @@ def parse_bool(text):
         return True
     if text.lower() in ("false", "0", "no"):
         return False
-    raise ValueError(f"expected True or False, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
 def add_bool_arg(ap, name, help):

@@ -228,7 +228,7 @@ def _mean_gallery(view_feats, view_models, n_models):
     return torch.stack([F.normalize(view_feats[view_models == m], dim=-1).mean(0) for m in range(n_models)])
 
 
-def test_eval_cli_writes_results_and_gallery(photo_jsonl, tmp_path):
+def test_eval_cli_writes_results_and_gallery(photo_jsonl, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from features import encode_photo_split
@@ -267,6 +267,7 @@ def test_eval_cli_writes_results_and_gallery(photo_jsonl, tmp_path):
     assert json.loads((tmp_path / "hard/results.json").read_text())["n_photos"] == 24  # 12 train models x 2
     with pytest.raises(SystemExit):
         esr.main(["--clip_model", "tiny", "--data_jsonl", str(photo_jsonl), "--photo_mask=maybe"])
+    assert "--photo_mask: expected True or False, got 'maybe'" in capsys.readouterr().err
 
 
 def test_photo2shape_ddp_two_cpu_processes(photo_jsonl, tmp_path):
