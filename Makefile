@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 export PYOPENGL_PLATFORM ?= egl
 export EGL_PLATFORM ?= surfaceless
 
-.PHONY: setup demo test bench gpu-smoke clean-data
+.PHONY: setup demo test test-slow bench gpu-smoke clean-data
 
 setup: $(STAMP)
 	@bash scripts/check_system.sh
@@ -20,7 +20,11 @@ demo: setup
 	$(PY) scripts/demo.py
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+# real-size (ViT-B/32) checks, a few minutes on a CPU
+test-slow: setup
+	$(PY) -m pytest -q -m slow tests
 
 bench: setup
 	$(PY) bench/bench_render.py
