@@ -282,3 +282,14 @@ def test_gpu_smoke_stops_at_once_without_a_gpu(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "no CUDA device is visible" in res.stdout
     assert not (tmp_path / "smoke").exists()
+
+
+def test_collate_functions_pickle_for_spawned_workers():
+    """DataLoader workers started by spawn or forkserver receive collate_fn by pickling: no lambdas."""
+    import functools
+    import pickle
+
+    from tasks.photo2shape import collate_photo2shape
+
+    for fn in (text2shape.collate_pairs, functools.partial(collate_photo2shape, with_text=True)):
+        assert pickle.loads(pickle.dumps(fn))
