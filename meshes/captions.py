@@ -38,14 +38,14 @@ def pixel_words(pixels):
     at any brightness in SHADING (a yellow side in shadow is dark yellow, not brown). White and gray differ
     only in brightness, and a white side in shadow is darker than a gray face in the light, so the model's
     light achromatic pixels are named together, by the brightness of their lit faces (90th percentile)."""
-    p = np.asarray(pixels, dtype=np.float64).reshape(-1, 3)
+    p = np.asarray(pixels, dtype=np.float32).reshape(-1, 3)
     chromatic = [w for w in COLOR_WORDS if w not in ACHROMATIC]
-    c = np.array([COLOR_WORDS[w] for w in chromatic], dtype=np.float64)
+    c = np.array([COLOR_WORDS[w] for w in chromatic], dtype=np.float32)
     pp, pc, cc = (p ** 2).sum(1)[:, None], p @ c.T, (c ** 2).sum(1)[None]
     s = np.clip(pc / cc, *SHADING)
-    d2 = np.c_[pp - 2 * s * pc + s ** 2 * cc, pp[:, 0] - 3 * p.mean(1) ** 2]  # last column: the gray axis
-    words = np.array(chromatic + ["light"], dtype=object)[d2.argmin(1)]
     brightness = p.mean(1)
+    d2 = np.c_[pp - 2 * s * pc + s ** 2 * cc, pp[:, 0] - 3 * brightness ** 2]  # last column: the gray axis
+    words = np.array(chromatic + ["light"])[d2.argmin(1)]
     words[(words == "light") & (brightness < 45) | (p.max(1) < 35)] = "black"  # too dark to tell a hue
     light = words == "light"
     if light.any():
@@ -58,10 +58,11 @@ def object_pixels(image):
     common colour of the image border (white unless rendered with --bg). The outermost object pixels, blended
     with the background, are left out when enough remain."""
     a = np.asarray(image)[..., :3]
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    values, counts = np.unique(border, axis=0, return_counts=True)
-    bg = values[counts.argmax()].astype(int)
-    fg = np.abs(a.astype(int) - bg).max(-1) > 8
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).astype(np.int32)
+    values, counts = np.unique((border[:, 0] << 16) | (border[:, 1] << 8) | border[:, 2], return_counts=True)
+    top = int(values[counts.argmax()])
+    bg = np.array([top >> 16, (top >> 8) & 255, top & 255], np.int16)
+    fg = np.abs(a.astype(np.int16) - bg).max(-1) > 8
     inner = fg.copy()
     inner[1:] &= fg[:-1]
     inner[:-1] &= fg[1:]
@@ -70,16 +71,17 @@ def object_pixels(image):
     return a[inner] if inner.sum() >= 0.5 * fg.sum() else a[fg]
 
 
-def view_colors(images, max_pixels=200_000):
+def view_colors(images, max_pixels=20_000):
     """[(colour word, fraction of the object's area)], largest first, over a model's rendered views (arrays or
     PIL images), or [] when no view shows the object. Area is counted in pixels over all views."""
     pixels = [object_pixels(im) for im in images]
     pixels = np.concatenate(pixels) if pixels else np.zeros((0, 3), np.uint8)
     if len(pixels) == 0:
         return []
-    pixels = pixels[:: max(1, len(pixels) // max_pixels)]  # an even sample: the fractions, not every pixel
-    counts = Counter(pixel_words(pixels).tolist())
-    return [(w, n / len(pixels)) for w, n in counts.most_common()]
+    pixels = pixels[:: -(-len(pixels) // max_pixels)]  # an even sample: the fractions, not every pixel
+    words, counts = np.unique(pixel_words(pixels), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return [(str(words[i]), float(counts[i]) / len(pixels)) for i in order]
 
 
 def readable_name(model_id):
