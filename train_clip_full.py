@@ -4,7 +4,8 @@
     python train_clip_full.py --clip_model=tiny --lr=5e-4   # offline: a tiny random-init model from scratch
     torchrun --nproc_per_node=2 train_clip_full.py    # several GPUs (gloo on CPU)
 Any config key of train.py can be overridden as --key=value. This file only states what differs from
-train.py's defaults; the loop is train.py's.
+train.py's defaults; the loop is train.py's. (Each preset is its own few-line script on purpose: one command per
+stage, as the README lists them.)
 """
 import train
 

@@ -7,7 +7,8 @@ cross-entropy over model identities, the combination of CLIP-FH's stage 2 (--sha
 Then stage 3: python train_shape_stage3.py --init_from=weights/<this run>/best.pt
 Stage 1 (zero-shot) needs no training: python eval_shape_retrieval.py --clip_model ViT-B/32 --split test
 Any config key of train.py can be overridden as --key=value. This file only states what differs from
-train.py's defaults; the loop is train.py's.
+train.py's defaults; the loop is train.py's. (Each preset is its own few-line script on purpose: one command per
+stage, as the README lists them.)
 """
 import train
 

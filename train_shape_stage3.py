@@ -4,7 +4,8 @@ renders and captions of one 3D model are all positives; warm-started from stage 
     python train_shape_stage3.py --init_from=weights/<stage 2 run>/best.pt
     python train_shape_stage3.py --clip_model=tiny --lr=2e-4 --init_from=weights/<stage 2 run>/best.pt
 Any config key of train.py can be overridden as --key=value. This file only states what differs from
-train.py's defaults; the loop is train.py's.
+train.py's defaults; the loop is train.py's. (Each preset is its own few-line script on purpose: one command per
+stage, as the README lists them.)
 """
 import train
 
