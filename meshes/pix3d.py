@@ -55,7 +55,7 @@ def inside(rel_path):
     p = PurePosixPath(str(rel_path).replace("\\", "/"))
     if p.is_absolute() or (p.parts and p.parts[0].endswith(":")):  # /x, C:/x
         return False
-    return not os.path.normpath(str(p)).split("/")[0] == ".."
+    return os.path.normpath(str(p)).split("/")[0] != ".."
 
 
 def entry_problem(entry):

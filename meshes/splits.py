@@ -15,6 +15,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from utils import atomic_write
+
 SPLIT_NAMES = ("train", "val", "test")
 VARIANT = re.compile(r"_[1-9]\d{0,2}$")
 
@@ -107,7 +109,5 @@ def read_splits(path, seed, fractions):
 def write_splits(path, seed, fractions, splits):
     """splits.json: the seed, the fractions and {model_id: split} of every model seen so far (models whose
     renders are missing today keep their entry, so they come back to the same split)."""
-    from utils import atomic_write
-
     record = {"seed": seed, "split_fractions": list(fractions), "models": dict(sorted(splits.items()))}
     atomic_write(path, json.dumps(record, indent=1) + "\n")

@@ -18,6 +18,7 @@ splits.json beside the output: a model keeps its split across runs whatever mode
 one product (IKEA_X_1, IKEA_X_2) share one (meshes/splits.py). --resplit draws them anew.
 """
 import argparse
+import json
 import math
 import os
 import sys
@@ -41,12 +42,16 @@ def model_attributes(obj, images, up="y"):
     """What the captions may say of a model: its attributes.json (toy models) completed by what its renders
     show (colour: a texture paints the model, not the .mtl) and by measuring the mesh (size, part count; the
     .mtl colour only when no view shows the object)."""
-    import json
-
     attributes = {}
     attr_file = obj.parent / "attributes.json"  # written by the toy generator; real Pix3D has none
     if attr_file.exists():
-        attributes = json.loads(attr_file.read_text())
+        try:
+            attributes = json.loads(attr_file.read_text())
+        except (OSError, ValueError) as e:
+            print(f"warning: {attr_file}: not readable JSON ({e}); ignored", file=sys.stderr)
+        if not isinstance(attributes, dict):
+            print(f"warning: {attr_file}: not an object of attributes; ignored", file=sys.stderr)
+            attributes = {}
     try:
         measured = measure_mesh(obj, up)
     except Exception as e:  # an unreadable mesh still has its renders; the captions say less

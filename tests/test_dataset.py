@@ -76,7 +76,7 @@ def test_missing_photo_is_replaced_by_another_image_of_its_model(tmp_path, prepr
     ds = ShapeImageDataset(path, "train", preprocess)
     missing = [i for i, (_, photo, src) in enumerate(ds.items) if photo and src["img"].name == "missing.jpg"]
     for i in missing:
-        x, caption, m = ds[i]
+        _, caption, m = ds[i]
         assert m == ds.labels[i] and caption in ds.captions[m]
     assert ds.n_unreadable == len(missing) == 12
     photos_only = ShapeImageDataset(path, "test", preprocess, views=False, mode="eval")
