@@ -7,7 +7,8 @@ views/second for
   (a)  one OffscreenRenderer (meshes/render.py) reused for every model and view, as render_objs.py does;
   (b)  a new renderer per image, same shader: isolates what reusing the GL context buys;
   (b0) the seed: a new stock pyrender.OffscreenRenderer + scene per image (pyrender's PBR shader);
-  (c)  the CLI, scripts/render_objs.py in a subprocess writing PNGs + views.json, with 1 and 2 workers.
+  (c)  the CLI, scripts/render_objs.py in a subprocess writing PNGs + views.json, with 1 and 2 workers
+       (worker processes watched by meshes/workers.py, each reusing one renderer; 1 worker is one such process).
 (b)/(b0) are timed on a subset (they are slow). (c) uses 96 models (a quarter of Pix3D): a CLI run pays
 ~2 s of interpreter start, imports and GL set-up that no worker count shortens, which would dominate a
 run of 8 models; a real run has hundreds. Takes about 1.5 minutes on 2 cores.

@@ -1,4 +1,5 @@
-"""Meshes and cameras without OpenGL: load an .obj, centre it in the unit sphere, the ring of view cameras."""
+"""Meshes and cameras without OpenGL: load an .obj, turn its up axis to +Y and centre it in the unit sphere, the
+ring of view cameras."""
 import math
 from pathlib import Path
 

@@ -16,13 +16,14 @@ _USEMTL = re.compile(rb"usemtl[ \t]+([^\r\n]*)")
 
 
 def find_like_trimesh(folder, name):
-    """The file trimesh reads for `name` (an mtllib or map_Kd value) next to an .obj in `folder`, or None."""
+    """The file trimesh reads for `name` (an mtllib or map_Kd value) next to an .obj in `folder`, as
+    folder / what it found, or None. trimesh does not look outside the folder (../textures/x.png)."""
     root = Path(folder).resolve()
     name = name.strip()
     for candidate in (name, name.lstrip("/"), os.path.split(name)[-1]):
         path = (root / candidate).resolve()
         if candidate and path.is_relative_to(root) and path.is_file():
-            return path
+            return Path(folder) / candidate
     return None
 
 
@@ -56,9 +57,9 @@ def _image_opens(path):
 def material_warnings(obj_path, scene):
     """[{"kind", "file", ...}] for what obj_path refers to but `scene` (load_model's) lacks. Kinds, each with
     the file it is about:
-      mtl_missing         the mtllib file is not there: every part is grey;
+      mtl_missing         the mtllib file is not there (or outside the .obj's folder): every part is grey;
       material_missing    a `usemtl` name the .mtl does not define (file: the .mtl; "material": the name);
-      texture_missing     a map_Kd file is not there: its parts get the material's Kd colour;
+      texture_missing     a map_Kd file is not there (the same): its parts get the material's Kd colour;
       texture_unreadable  a map_Kd file that is not an image PIL can open: the same;
       texture_without_uv  a textured part whose faces have no texture coordinates: drawn in the texture's
                           mean colour.
