@@ -135,7 +135,8 @@ def size_classes(sizes):
     """{model_id: 'small' | 'large'} of {model_id: size dict} of one category: small below 0.8 times the
     category's median diagonal, large above 1.25 times. Nothing when the models vary less than that (meshes
     normalised to one size say nothing about size)."""
-    diag = {m: float(np.linalg.norm([s["width"], s["height"], s["depth"]])) for m, s in sizes.items() if s}
+    diag = {m: float(np.linalg.norm([s["width"], s["height"], s["depth"]])) for m, s in sizes.items()
+            if isinstance(s, dict) and all(isinstance(s.get(k), (int, float)) for k in ("width", "height", "depth"))}
     if len(diag) < 3:
         return {}
     median = float(np.median(list(diag.values())))

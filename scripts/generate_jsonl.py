@@ -14,8 +14,10 @@ are left out and counted; so are entries with bad fields or paths outside the da
 masks that cannot be read.
 
 Splits are by model (never by photo: a model in two splits leaks), stratified by category, and kept in
-splits.json beside the output: a model keeps its split across runs whatever models come and go; variants of
-one product (IKEA_X_1, IKEA_X_2) share one (meshes/splits.py). --resplit draws them anew.
+splits.json beside the output ({"seed": 0, "split_fractions": [0.8, 0.1, 0.1], "models": {model_id: split}}):
+a model keeps its split across runs whatever models come and go, and new models fill their category's
+fractions; variants of one product (IKEA_X_1, IKEA_X_2) share one (meshes/splits.py). Another --seed or
+--split_fractions than the file's is an error unless --resplit, which draws every split anew.
 """
 import argparse
 import json
@@ -35,8 +37,9 @@ from meshes.pix3d import (check_photos, find_views, group_entries, load_captions
 from meshes.splits import assign_splits, read_splits, write_splits  # noqa: E402
 from utils import read_jsonl, write_jsonl  # noqa: E402
 
-LARGEST_K = 10  # the largest K of the Recall@K that evaluation reports: a split of <= K models makes it 1.0
+LARGEST_K = 10  # the largest K of the Recall@K that evaluation reports; R@K of K models or fewer is always 1.0
 SECOND_COLOR = 0.25  # a second colour covering at least this fraction of the object is worth saying
+
 
 def model_attributes(obj, images, up="y"):
     """What the captions may say of a model: its attributes.json (toy models) completed by what its renders
