@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 export PYOPENGL_PLATFORM ?= egl
 export EGL_PLATFORM ?= surfaceless
 
-.PHONY: setup demo test test-slow bench gpu-smoke clean-data
+.PHONY: setup demo test test-slow bench gpu-smoke tensorboard clean-data
 
 setup: $(STAMP)
 	@bash scripts/check_system.sh
@@ -34,6 +34,9 @@ bench: setup
 # ViT-B/32 (random weights) on every visible GPU: full fine-tune + resume, linear probe, evaluation (bench/bench_gpu.py)
 gpu-smoke: setup
 	$(PY) bench/bench_gpu.py
+
+tensorboard: setup
+	.venv/bin/tensorboard --logdir logs/
 
 clean-data:
 	rm -rf data/pix3d_toy logs/demo

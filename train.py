@@ -236,6 +236,11 @@ def _fit(cfg, task, ckpt, rank, world, dev):
     finally:
         if writer:
             writer.close()
+    datasets = getattr(task, "datasets", [])
+    problems = {k: sum(int(getattr(d, k, 0)) for d in datasets) for k in ("n_unreadable", "n_bad_lines")}
+    if any(problems.values()):
+        say(f"training data: {problems['n_unreadable']} unreadable image reads replaced by another image of the same "
+            f"model, {problems['n_bad_lines']} bad jsonl lines left out (see the warnings above)")
     speed = throughput(loop)
     say(f"throughput: {speed['samples_per_second_per_rank']:.1f} training samples/s per process"
         + (f", peak GPU memory {speed['peak_gpu_memory_gib']:.2f} GiB" if "peak_gpu_memory_gib" in speed else ""))
@@ -243,7 +248,7 @@ def _fit(cfg, task, ckpt, rank, world, dev):
         say(f"best {task.select_metric} {run.best:.4f} at epoch {run.best_epoch + 1}; {task.label}")
         write_json(log_dir / "results.json", {"model": task.label, **task.provenance, "best_epoch": run.best_epoch + 1,
                                               "val": run.metrics, "best_" + task.select_metric: run.best,
-                                              "throughput": speed, **task.extra_results})
+                                              "throughput": speed, "data_problems": problems, **task.extra_results})
     return {"run_dir": str(log_dir), "weights_dir": str(ckpt_dir), "val": run.metrics, "best": run.best}
 
 

@@ -14,7 +14,8 @@ A task is an object with:
     param_groups(weight_decay), steps_per_epoch(), batches(epoch) (tuples on the device, the same for the same
     seed and epoch on every run), after_step() (after each optimizer step), validate() -> {metric: float},
     checkpoint(best) -> the task's part of a checkpoint (at least "model"), extra_results (a dict for
-    results.json).
+    results.json), provenance (what the model was built from: config.json, results.json, checkpoints), and
+    optionally datasets (whose n_unreadable / n_bad_lines fit() reports at the end).
 
 Tasks: text2shape.Text2Shape (CLIP on render/caption pairs, full or linear probe), photo2shape.Photo2Shape
 (metric learning over photos and renders), captioner.Captioner (the generative captioner on a frozen CLIP).

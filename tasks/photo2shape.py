@@ -70,6 +70,7 @@ class Photo2Shape(ClipTask):
         tf = augmented(self.preprocess) if cfg["augment"] else self.preprocess
         ds = ShapeImageDataset(cfg["data_jsonl"], "train", tf, keep_hard=cfg["keep_hard_photos"],
                                margin=cfg["photo_margin"], apply_mask=cfg["photo_mask"])
+        self.datasets = [ds]  # fit() reports their unreadable files and bad lines at the end
         self.sampler = PKSampler(ds.labels, ds.is_photo, cfg["pk_models"], cfg["pk_images"], cfg["pk_photos"],
                                  seed=cfg["seed"], rank=rank, world_size=world)
         self.loader = torch.utils.data.DataLoader(

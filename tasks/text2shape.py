@@ -82,6 +82,7 @@ class Text2Shape(ClipTask):
         cfg = self.cfg
         tf = augmented(self.preprocess) if cfg["augment"] else self.preprocess
         ds = MultiViewDataset(cfg["data_jsonl"], "train", tf, mode="train", draws_per_model=cfg["draws_per_model"])
+        self.datasets = [ds]  # fit() reports their unreadable files and bad lines at the end
         self.sampler = (torch.utils.data.DistributedSampler(ds, self.world, self.rank, seed=cfg["seed"])
                         if self.world > 1 else None)
         self.loader = torch.utils.data.DataLoader(

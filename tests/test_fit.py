@@ -293,3 +293,18 @@ def test_collate_functions_pickle_for_spawned_workers():
 
     for fn in (text2shape.collate_pairs, functools.partial(collate_photo2shape, with_text=True)):
         assert pickle.loads(pickle.dumps(fn))
+
+
+def test_an_unreadable_render_mid_run_is_replaced_counted_and_reported(tmp_path, synthetic_jsonl):
+    rows = read_jsonl(synthetic_jsonl)
+    for r in rows:
+        r["views"] = [str(synthetic_jsonl.parent / v) for v in r["views"]]
+    train_row = next(r for r in rows if r["split"] == "train")
+    for view in train_row["views"][:3]:  # 3 of its 4 views cut short after the jsonl was written
+        copy = tmp_path / Path(view).name.replace(".png", f"_{train_row['model_id'].replace('/', '_')}.png")
+        copy.write_bytes(Path(view).read_bytes()[:40])
+        train_row["views"][train_row["views"].index(view)] = str(copy)
+    write_jsonl(tmp_path / "damaged.jsonl", rows)
+    out = run(tmp_path, tmp_path / "damaged.jsonl", "--epochs=1", "--draws_per_model=4")
+    results = json.loads((Path(out["run_dir"]) / "results.json").read_text())
+    assert results["data_problems"]["n_unreadable"] >= 1 and results["data_problems"]["n_bad_lines"] == 0
