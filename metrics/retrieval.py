@@ -9,11 +9,16 @@ retrieval, the category for category retrieval). A model with several captions t
 texts, and an image query is a hit at k when ANY of them is in its top k (counting only text i as the answer to
 image i undercounts as soon as a model has two captions; tests/test_recall.py shows a case).
 
-Ties are broken in favour of the matching items, everywhere: a match is ranked after the non-matching items
-with a strictly higher score and before those with an equal score. So the first-hit rank is
-1 + (number of gallery items scoring strictly higher than the best match), and in average precision the k-th
-best match (k = 1, 2, ...) has rank k + (non-matching items scoring strictly higher than it). This equals
-sklearn's average_precision_score whenever there are no exact ties between a match and a non-match.
+Ties are broken at random, in expectation: every number is its expected value when each group of gallery items
+with exactly the same score is put in a uniformly random order (the scores are float32 cosines; equal means
+bit-equal). A collapsed model, all scores equal, therefore scores chance: R@k = k / N with one match among N.
+For a query whose best-scoring tie group holds m matches and t non-matches below `a` items that score strictly
+higher, the number X of the group's non-matches placed before its first match has
+P(X = x) = C(t + m - 1 - x, m - 1) / C(t + m, m). R@k is P(a + 1 + X <= k), the probability that the first
+match lands in the top k (averaged over queries: the expected Recall@K); the first-hit rank is its expectation
+a + 1 + t / (m + 1) (mean_rank and median_rank are the mean and median of those); AP is the expected average
+precision (McSherry & Najork 2008, "Computing information retrieval performance measures efficiently in the
+presence of tied scores"). Without ties these are the plain values, and AP is sklearn's average_precision_score.
 
 Nothing of size queries x gallery is held: queries are processed in blocks of `chunk_size` rows (fewer when the
 gallery is large, so one block of similarities stays around 512 MB), which is what lets 100k x 100k run.
@@ -74,41 +79,103 @@ def _encode_ids(query_ids, gallery_ids, nq, ng, device):
     return codes[:nq], codes[nq:]
 
 
-def _rank_by_comparison(sims, pos_scores, valid, scratch):
-    """Few matches per query: one `sims > score` pass per match. Returns (first-hit rank, AP) per row.
+def _expected_precision(above, matches_above, group_matches, group_size):
+    """Expected precision at a match of a tie group, the mean over the group's matches (McSherry & Najork 2008).
 
+    The group's n items (m of them matches, M matches among the `above` items scoring higher) take places
+    above + 1 .. above + n in a uniformly random order. Place above + i holds a match with probability m / n,
+    and then the group's other i - 1 places hold (i - 1) c matches on average, c = (m - 1) / (n - 1); so the
+    group's precisions sum to sum_i (m / n) (M + 1 + (i - 1) c) / (above + i)
+    = m c + (m / n) (M + 1 - c (above + 1)) (H(above + n) - H(above)), H the harmonic numbers. Divided by m.
+    """
+    a, big_m, m, n = (x.double() for x in (above, matches_above, group_matches, group_size))
+    alone = n == 1  # no tie: the plain (M + 1) / (above + 1), exactly
+    c = torch.where(alone, 0.0, (m - 1) / (n - 1).clamp(min=1))
+    harmonic = torch.special.digamma(a + n + 1) - torch.special.digamma(a + 1)
+    tied = c + (big_m + 1 - c * (a + 1)) * harmonic / n
+    return torch.where(alone, (big_m + 1) / (a + 1), tied)
+
+
+def _rank_by_comparison(sims, pos_scores, valid, scratch):
+    """Few matches per query: two passes (`sims > score`, `sims == score`) per match.
+
+    Returns (first, AP): first holds, per row, the best match's tie group as (items strictly above it,
+    non-matches in the group, matches in the group); AP is the expected average precision.
     scratch: a bool tensor shaped like sims, reused for every comparison.
     """
     pos_scores = pos_scores.masked_fill(~valid, -math.inf).sort(dim=1, descending=True).values
-    # items scoring strictly higher than the t-th best match (an int32 sum is ~2x faster than the default int64)
+    # per match: items strictly above its score and items at its score (an int32 sum is ~2x faster than int64)
     above = torch.empty(valid.shape, dtype=torch.long, device=sims.device)
+    at = torch.empty_like(above)
     for t in range(valid.shape[1]):
         above[:, t] = torch.gt(sims, pos_scores[:, t : t + 1], out=scratch).sum(1, dtype=torch.int32)
+        at[:, t] = torch.eq(sims, pos_scores[:, t : t + 1], out=scratch).sum(1, dtype=torch.int32)
     matches_above = (pos_scores[:, None, :] > pos_scores[:, :, None]).sum(2)
-    neg_above = above - matches_above
-    k = torch.arange(1, pos_scores.shape[1] + 1, device=sims.device, dtype=torch.float64)
-    precision = k / (k + neg_above)
-    ap = (precision * valid).sum(1) / valid.sum(1)
-    return 1 + neg_above[:, 0], ap
+    matches_at = ((pos_scores[:, None, :] == pos_scores[:, :, None]) & valid[:, None, :]).sum(2)
+    precision = _expected_precision(above, matches_above, matches_at, at)
+    ap = torch.where(valid, precision, 0.0).sum(1) / valid.sum(1)  # padding slots are NaN, not 0
+    first = torch.stack([above[:, 0], at[:, 0] - matches_at[:, 0], matches_at[:, 0]], 1)
+    return first, ap
 
 
 def _rank_by_sorting(sims, pos):
-    """Many matches per query (category level): sort each row once. Same conventions as _rank_by_comparison."""
+    """Many matches per query (category level): sort each row once. Returns the same as _rank_by_comparison."""
+    n = sims.shape[1]
     values, order = sims.sort(dim=1, descending=True)
     is_match = pos.gather(1, order)
     del order
-    new_value = torch.ones_like(is_match)
-    new_value[:, 1:] = values[:, 1:] != values[:, :-1]
+    # tie groups of the sorted row: positions start .. end - 1 share one score; int32 halves the memory
+    next_differs = values[:, 1:] != values[:, :-1]
     del values
-    # position of the first item of each tie group = number of items scoring strictly higher
-    positions = torch.arange(sims.shape[1], device=sims.device).expand_as(sims)
-    n_above = torch.where(new_value, positions, 0).cummax(dim=1).values
-    n_matches = is_match.cumsum(1)  # k for the k-th match in this order
-    neg_above = n_above - (n_matches - is_match.long()).gather(1, n_above)
-    precision = torch.where(is_match, n_matches / (n_matches + neg_above).double(), 0.0)
+    positions = torch.arange(1, n, device=sims.device, dtype=torch.int32).expand_as(next_differs)
+    start = torch.zeros(sims.shape, dtype=torch.int32, device=sims.device)
+    start[:, 1:] = torch.where(next_differs, positions, 0)
+    start = start.cummax(dim=1).values  # = items scoring strictly higher
+    end = torch.full(sims.shape, n, dtype=torch.int32, device=sims.device)
+    end[:, :-1] = torch.where(next_differs, positions, n)
+    end = end.flip(1).cummin(dim=1).values.flip(1)
+    del next_differs, positions
+    matches_to = is_match.cumsum(1, dtype=torch.int32)  # matches at positions 0 .. p
+    matches_above = (matches_to - is_match.int()).gather(1, start.long())
+    matches_at = matches_to.gather(1, end.long() - 1) - matches_above
+    del matches_to
+    size = end - start
+    del end
+    # the plain precision where the match has no tie, the expected one inside tie groups
+    precision = torch.where(is_match, (matches_above + 1) / (start + 1).double(), 0.0)
+    tied = is_match & (size > 1)
+    if tied.any():
+        precision[tied] = _expected_precision(start[tied], matches_above[tied], matches_at[tied], size[tied])
     ap = precision.sum(1) / is_match.sum(1)
-    first = 1 + torch.where(is_match, neg_above, sims.shape[1]).min(1).values
+    del precision, tied
+    at_first = is_match.byte().argmax(1, keepdim=True)  # the first match's position (argmax: the first maximum)
+    m = matches_at.gather(1, at_first)
+    first = torch.cat([start.gather(1, at_first), size.gather(1, at_first) - m, m], 1).long()
     return first, ap
+
+
+def _first_hit_within(k, first):
+    """Per query, P(a + 1 + X <= k): the probability that the first match lands in the top k.
+
+    With s = k - a of the tie group's places inside the top k, it misses when all s go to non-matches:
+    P(X >= s) = prod_{i < s} (t - i) / (t + m - i) = prod_{j = 1..m} (t - s + j) / (t + j), zero for s > t and
+    one for s <= 0. The loop runs over the shorter product in log1p terms, and -expm1 keeps a tiny R@k (k / N in
+    a collapsed gallery of N) accurate to a few ulps.
+    """
+    a, t, m = first.double().unbind(1)
+    s = (k - a).clamp(min=0)
+    hit = (s > t).double()
+    partial = ((s > 0) & (s <= t)).nonzero().squeeze(1)  # the top k cuts through the first match's tie group
+    if len(partial):
+        s, t, m = s[partial], t[partial], m[partial]
+        over_places = s <= m
+        n_terms = torch.minimum(s, m)
+        log_miss = torch.zeros_like(s)
+        for i in range(int(n_terms.max())):
+            term = torch.where(over_places, -m / (t + m - i), -s / (t + i + 1))
+            log_miss += torch.where(i < n_terms, torch.log1p(term), 0.0)
+        hit[partial] = -torch.expm1(log_miss)
+    return hit
 
 
 def retrieval_metrics(query_features, gallery_features, query_ids, gallery_ids, ks=(1, 5, 10), chunk_size=4096):
@@ -116,9 +183,10 @@ def retrieval_metrics(query_features, gallery_features, query_ids, gallery_ids, 
 
     Returns {"R@k": ..., "mean_rank", "median_rank", "mAP", "n_no_match", "ranks", "matched"}:
     R@k is the fraction of queries with a match in the top k; ranks are the 1-based ranks of each query's
-    FIRST match; mAP averages over queries the average precision over all of that query's matches.
+    FIRST match; mAP averages over queries the average precision over all of that query's matches. All are
+    expectations under a random order of tied scores (module docstring), so a rank may be fractional.
     Queries without any match in the gallery are left out of every average and counted in "n_no_match";
-    "ranks" (LongTensor, CPU) holds the ranked queries only, in query order, and "matched" (BoolTensor, one
+    "ranks" (float64 tensor, CPU) holds the ranked queries only, in query order, and "matched" (BoolTensor, one
     per query) says which queries those are. With no ranked query the averages are NaN.
     Runs on the device of query_features; memory is O(chunk x gallery), never queries x gallery.
     """
@@ -134,11 +202,14 @@ def retrieval_metrics(query_features, gallery_features, query_ids, gallery_ids, 
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"query_features have dim {q.shape[1]} but gallery_features have dim {g.shape[1]}")
     qcode, gcode = _encode_ids(query_ids, gallery_ids, q.shape[0], g.shape[0], q.device)
-    ranks, ap, matched = _rank_all(q, g, qcode, gcode, chunk_size)
+    first, ap, matched = _rank_all(q, g, qcode, gcode, chunk_size)
+    above, non_matches_at, matches_at = first.double().unbind(1)
+    # the expected first-hit rank: on average t / (m + 1) of the group's t non-matches come before its first match
+    ranks = above + 1 + non_matches_at / (matches_at + 1)
 
-    out = {f"R@{k}": (ranks <= k).double().mean().item() if len(ranks) else math.nan for k in ks}
+    out = {f"R@{k}": _first_hit_within(k, first).mean().item() if len(ranks) else math.nan for k in ks}
     if len(ranks):
-        s = ranks.sort().values.double()
+        s = ranks.sort().values
         out["mean_rank"] = s.mean().item()
         out["median_rank"] = ((s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2).item()
         out["mAP"] = ap.mean().item()
@@ -151,7 +222,9 @@ def retrieval_metrics(query_features, gallery_features, query_ids, gallery_ids, 
 
 
 def _rank_all(q, g, qcode, gcode, chunk_size):
-    """(first-hit ranks, APs) of the queries with a match, block by block, and the bool mask of those queries."""
+    """(first-hit tie groups, APs) of the queries with a match, block by block, and the bool mask of those queries.
+
+    A first-hit tie group is a row (items strictly above it, non-matches in it, matches in it)."""
     n_gallery = g.shape[0]
     # Gallery sorted by id: the matches of a query with code c are order[start[c] : start[c] + count[c]].
     count = torch.bincount(gcode, minlength=int(qcode.max()) + 1)
@@ -163,9 +236,9 @@ def _rank_all(q, g, qcode, gcode, chunk_size):
 
     rows_cmp = max(1, min(chunk_size, _MAX_CHUNK_ELEMENTS // n_gallery))
     rows_sort = max(1, min(chunk_size, _MAX_CHUNK_ELEMENTS // (8 * n_gallery)))  # the sort path needs ~8x more
-    first_ranks, aps = [], []
+    firsts, aps = [], []
     # Reused for every block: a fresh 512 MB tensor per block costs page faults (~30% of the CPU time at 100k).
-    sims_buf = gt_buf = None
+    sims_buf = cmp_buf = None
     blocks = ranked.split(rows_cmp)
     if len(ranked) * n_gallery > 2**31:  # a progress bar only for runs that take more than a few seconds
         from tqdm import tqdm
@@ -178,22 +251,22 @@ def _rank_all(q, g, qcode, gcode, chunk_size):
         if int(n_block.max()) > _SORT_ABOVE_N_POS:
             for sub in block.split(rows_sort):
                 first, ap = _rank_by_sorting(q[sub] @ g.T, gcode[None, :] == qcode[sub][:, None])
-                first_ranks.append(first)
+                firsts.append(first)
                 aps.append(ap)
             continue
         if sims_buf is None:
             sims_buf = torch.empty(min(rows_cmp, len(ranked)), n_gallery, device=q.device)
-            gt_buf = torch.empty(sims_buf.shape, dtype=torch.bool, device=q.device)
+            cmp_buf = torch.empty(sims_buf.shape, dtype=torch.bool, device=q.device)
         sims = torch.mm(q[block], g.T, out=sims_buf[: len(block)])
         slot = torch.arange(int(n_block.max()), device=q.device)
         valid = slot[None, :] < n_block[:, None]
         gidx = order[torch.where(valid, start[qcode[block]][:, None] + slot[None, :], 0)]
-        first, ap = _rank_by_comparison(sims, sims.gather(1, gidx), valid, gt_buf[: len(block)])
-        first_ranks.append(first)
+        first, ap = _rank_by_comparison(sims, sims.gather(1, gidx), valid, cmp_buf[: len(block)])
+        firsts.append(first)
         aps.append(ap)
-    ranks = torch.cat(first_ranks).cpu() if first_ranks else torch.zeros(0, dtype=torch.long)
+    first = torch.cat(firsts).cpu() if firsts else torch.zeros(0, 3, dtype=torch.long)
     ap = torch.cat(aps).cpu() if aps else torch.zeros(0, dtype=torch.float64)
-    return ranks, ap, matched
+    return first, ap, matched
 
 
 def _both_directions(image_features, image_ids, text_features, text_ids, ks, prefix=""):

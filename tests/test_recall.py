@@ -1,9 +1,12 @@
-"""metrics.retrieval against a brute-force reference (python loops over the full similarity matrix) and sklearn.
+"""metrics.retrieval against brute-force references (python loops over the full similarity matrix; every order of
+the tied items of small galleries) and sklearn.
 
 Run: .venv/bin/python -m pytest -q tests/test_recall.py
 """
+import itertools
 import math
 import statistics
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -16,44 +19,87 @@ from metrics.retrieval import aggregate_views, compute_recall_at_k, evaluate_ret
 KS = (1, 2, 5, 10)
 
 
-# ----------------------------------------------------------------------------- brute-force reference
-def reference(query, gallery, query_ids, gallery_ids, ks=KS):
-    """Plain loops: float64 cosine matrix, full sort of every row, matches first among equal scores."""
+# ----------------------------------------------------------------------------- brute-force references
+def cosines(query, gallery):
     q = np.asarray(query, dtype=np.float64)
     g = np.asarray(gallery, dtype=np.float64)
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     g = g / np.linalg.norm(g, axis=1, keepdims=True)
-    sim = q @ g.T
-    first_ranks, aps, n_no_match = [], [], 0
-    for i in range(len(q)):
-        is_match = [query_ids[i] == gallery_ids[j] for j in range(len(g))]
-        if not any(is_match):
-            n_no_match += 1
-            continue
-        order = sorted(range(len(g)), key=lambda j: (-sim[i, j], not is_match[j], j))
-        hits, precisions = 0, []
-        for position, j in enumerate(order, start=1):
-            if is_match[j]:
-                hits += 1
-                precisions.append(hits / position)
-        first_ranks.append(1 + next(p for p, j in enumerate(order) if is_match[j]))
-        aps.append(sum(precisions) / len(precisions))
-        # sklearn on the same strict order (scores = -position) must give the same average precision
-        y = np.array([is_match[j] for j in order])
-        assert math.isclose(average_precision_score(y, -np.arange(len(order))), aps[-1], rel_tol=1e-12)
-        if len(set(sim[i].tolist())) == len(g):  # no ties at all: sklearn straight on the raw scores
-            assert math.isclose(average_precision_score(is_match, sim[i]), aps[-1], rel_tol=1e-9)
-    out = {f"R@{k}": sum(r <= k for r in first_ranks) / len(first_ranks) for k in ks}
-    out["mean_rank"] = statistics.mean(first_ranks)
-    out["median_rank"] = statistics.median(first_ranks)
-    out["mAP"] = statistics.mean(aps)
+    return q @ g.T
+
+
+def summarise(per_query, n_no_match, ks):
+    """per_query: (P(first hit in top k) for each k, expected first-hit rank, expected AP), one per ranked query."""
+    out = {f"R@{k}": statistics.mean(float(r[0][k]) for r in per_query) for k in ks}
+    ranks = [float(r[1]) for r in per_query]
+    out["mean_rank"] = statistics.mean(ranks)
+    out["median_rank"] = statistics.median(ranks)
+    out["mAP"] = statistics.mean(float(r[2]) for r in per_query)
     out["n_no_match"] = n_no_match
-    out["ranks"] = first_ranks
+    out["ranks"] = ranks
     return out
 
 
+def reference(query, gallery, query_ids, gallery_ids, ks=KS):
+    """Plain loops over the float64 cosine matrix, tie group by tie group, in exact fractions. Ties count as a
+    uniformly random order of each group: the first hit from the law of X (non-matches of the group placed before
+    its first match), AP place by place. Checked against every order of small galleries in all_orders()."""
+    sim = cosines(query, gallery)
+    per_query, n_no_match = [], 0
+    for i in range(len(sim)):
+        is_match = [query_ids[i] == gallery_ids[j] for j in range(len(sim[i]))]
+        if not any(is_match):
+            n_no_match += 1
+            continue
+        groups = []  # (items, matches) per distinct score, best first
+        for score in sorted(set(sim[i].tolist()), reverse=True):
+            members = [j for j in range(len(sim[i])) if sim[i, j] == score]
+            groups.append((len(members), sum(is_match[j] for j in members)))
+        above = next(sum(n for n, _ in groups[:g]) for g, (_, m) in enumerate(groups) if m)
+        n, m = next(group for group in groups if group[1])
+        t = n - m
+        p_x = [Fraction(math.comb(t + m - 1 - x, m - 1), math.comb(t + m, m)) for x in range(t + 1)]
+        assert sum(p_x) == 1
+        hit_within = {k: sum(p for x, p in enumerate(p_x) if above + 1 + x <= k) for k in ks}
+        rank = sum((above + 1 + x) * p for x, p in enumerate(p_x))
+        # place `above + place` of a group holds a match with probability m / n; then the group's other place - 1
+        # places hold (place - 1)(m - 1)/(n - 1) matches on average
+        precision_sum, items_above, matches_above = Fraction(0), 0, 0
+        for n, m in groups:
+            for place in range(1, n + 1):
+                others = Fraction((place - 1) * (m - 1), n - 1) if n > 1 else 0
+                precision_sum += Fraction(m, n) * (matches_above + 1 + others) / (items_above + place)
+            items_above, matches_above = items_above + n, matches_above + m
+        ap = precision_sum / sum(is_match)
+        if len(set(sim[i].tolist())) == len(sim[i]):  # no ties at all: sklearn straight on the raw scores
+            assert math.isclose(average_precision_score(is_match, sim[i]), ap, rel_tol=1e-9)
+        per_query.append((hit_within, rank, ap))
+    return summarise(per_query, n_no_match, ks)
+
+
+def all_orders(query, gallery, query_ids, gallery_ids, ks=KS):
+    """The expectation by brute force: every one of the N! orders of the gallery, sorted by score with a stable
+    sort, so each order of each tie group comes up equally often. Small galleries only (N <= 7)."""
+    sim = cosines(query, gallery)
+    per_query, n_no_match = [], 0
+    for i in range(len(sim)):
+        is_match = [query_ids[i] == gallery_ids[j] for j in range(len(sim[i]))]
+        if not any(is_match):
+            n_no_match += 1
+            continue
+        firsts, aps = [], []
+        for perm in itertools.permutations(range(len(sim[i]))):
+            order = sorted(perm, key=lambda j: -sim[i, j])
+            hits = [place for place, j in enumerate(order, start=1) if is_match[j]]
+            firsts.append(hits[0])
+            aps.append(Fraction(sum(Fraction(h, place) for h, place in enumerate(hits, start=1)), len(hits)))
+        hit_within = {k: Fraction(sum(f <= k for f in firsts), len(firsts)) for k in ks}
+        per_query.append((hit_within, Fraction(sum(firsts), len(firsts)), sum(aps) / len(aps)))
+    return summarise(per_query, n_no_match, ks)
+
+
 def assert_same(got, want):
-    assert got["ranks"].tolist() == want["ranks"]
+    assert [float(r) for r in got["ranks"]] == pytest.approx(want["ranks"], rel=1e-12)
     assert got["n_no_match"] == want["n_no_match"]
     for key in [f"R@{k}" for k in KS] + ["mean_rank", "median_rank", "mAP"]:
         assert isinstance(got[key], float), key
@@ -140,21 +186,75 @@ def test_string_ids_and_queries_without_match(path):
     check_both_ways(img, txt, img_ids, txt_ids, chunk_size=5)
 
 
+def sparse_signs(n, g):
+    """Entries +-0.5 on 4 of 16 dims: unit vectors whose cosines are exact multiples of 1/4 in float32 and float64,
+    so ties between matches and non-matches are real (not float noise) and the same in the references."""
+    x = torch.zeros(n, 16)
+    for row in x:
+        row[torch.randperm(16, generator=g)[:4]] = torch.randint(0, 2, (4,), generator=g).float() * 2 - 1
+    return x * 0.5
+
+
 def test_exact_ties_everywhere(path):
-    # entries +-0.5 on 4 of 16 dims: unit vectors, and every cosine is an exact multiple of 1/4 in float32,
-    # so ties between matches and non-matches are real (and not float noise); the reference breaks them the same way
     g = torch.Generator().manual_seed(9)
-
-    def sparse_signs(n):
-        x = torch.zeros(n, 16)
-        for row in x:
-            row[torch.randperm(16, generator=g)[:4]] = torch.randint(0, 2, (4,), generator=g).float() * 2 - 1
-        return x * 0.5
-
-    img, txt = sparse_signs(30), sparse_signs(60)
+    img, txt = sparse_signs(30, g), sparse_signs(60, g)
     img_ids = torch.randint(0, 12, (30,), generator=g).tolist()
     txt_ids = torch.randint(0, 12, (60,), generator=g).tolist()
     check_both_ways(img, txt, img_ids, txt_ids, chunk_size=4)
+
+
+# ----------------------------------------------------------------------------- ties count at chance
+def test_identical_embeddings_score_chance_with_one_match(path):
+    # a collapsed model: one vector for everything, so every score ties. With one match among N, the first hit
+    # is equally likely at each rank: R@k = k / N, mean rank (N + 1) / 2, mAP = mean of 1 / rank = H(N) / N.
+    # The vector is exact in float32 (entries +-0.5), so every cosine is exactly 1 whatever the matmul kernel.
+    for n, chunk_size in ((7, 3), (3000, 512)):
+        same = torch.tensor([[0.5, -0.5, 0.5, 0.5]]).repeat(n, 1)
+        got = retrieval_metrics(same, same, torch.arange(n), torch.arange(n), ks=KS, chunk_size=chunk_size)
+        for k in KS:
+            assert got[f"R@{k}"] == pytest.approx(min(k, n) / n, rel=1e-9), k
+        assert got["mean_rank"] == got["median_rank"] == pytest.approx((n + 1) / 2, rel=1e-12)
+        assert got["mAP"] == pytest.approx(sum(1 / r for r in range(1, n + 1)) / n, rel=1e-9)
+    want = all_orders(same[:7], same[:7], list(range(7)), list(range(7)))
+    assert_same(retrieval_metrics(same[:7], same[:7], list(range(7)), list(range(7)), ks=KS), want)
+    assert want["R@1"] == pytest.approx(1 / 7) and want["mAP"] == pytest.approx(sum(1 / r for r in range(1, 8)) / 7)
+
+
+def test_identical_embeddings_score_chance_with_several_matches(path):
+    # gallery of 7 with 3, 2, 1 and 1 items per id; a query of id 4 has no match. The expectation over all 7!
+    # orders: with m matches among 7, R@1 = m / 7 and the first hit's mean rank is (7 + 1) / (m + 1).
+    same = torch.tensor([[0.5, 0.5, -0.5, 0.5]]).repeat(7, 1)
+    gallery_ids, query_ids = [0, 0, 0, 1, 1, 2, 3], [0, 1, 2, 3, 4]
+    want = all_orders(same[:5], same, query_ids, gallery_ids)
+    assert want["n_no_match"] == 1 and want["R@1"] == pytest.approx((3 / 7 + 2 / 7 + 1 / 7 + 1 / 7) / 4)
+    assert want["ranks"] == pytest.approx([8 / 4, 8 / 3, 8 / 2, 8 / 2])
+    got = retrieval_metrics(same[:5], same, query_ids, gallery_ids, ks=KS, chunk_size=2)
+    assert_same(got, want)
+    assert_same(got, reference(same[:5], same, query_ids, gallery_ids))
+    # both directions and the category level, as evaluate_retrieval reports them: chance too
+    out = evaluate_retrieval(same, gallery_ids, same[:5], query_ids, ks=(1,), views="per_view")
+    assert out["text2image_R@1"] == pytest.approx(want["R@1"]) and out["text2image_mAP"] == pytest.approx(want["mAP"])
+
+
+def test_partial_ties_against_every_order(path):
+    # a few distinct scores per row, some shared by matches and non-matches: the metrics are the expectation over
+    # all orders of the gallery (7! here), and the loop reference used by the other tests agrees with it
+    for seed in (20, 21, 22):
+        g = torch.Generator().manual_seed(seed)
+        img, txt = sparse_signs(6, g), sparse_signs(7, g)
+        img_ids = torch.randint(0, 3, (6,), generator=g).tolist()
+        txt_ids = torch.randint(0, 3, (7,), generator=g).tolist()
+        sim = cosines(img, txt)
+        mixed_ties = sum(
+            len({txt_ids[j] == img_ids[i] for j in range(7) if sim[i, j] == sim[i, j2]}) == 2
+            for i in range(6) for j2 in range(7)
+        )
+        assert mixed_ties > 0, "the data must tie matches with non-matches"
+        for q, gal, qi, gi in ((img, txt, img_ids, txt_ids), (txt, img, txt_ids, img_ids)):
+            want = all_orders(q, gal, qi, gi)
+            assert_same(reference(q, gal, qi, gi), want)
+            for chunk_size in (1, 4096):
+                assert_same(retrieval_metrics(q, gal, qi, gi, ks=KS, chunk_size=chunk_size), want)
 
 
 def test_category_level_many_matches(path):
