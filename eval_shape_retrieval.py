@@ -14,7 +14,9 @@ category as a hit (did it at least find a chair).
 
 Writes logs/<run>/photo2shape_<split>/ (or --out_dir): results.json, TensorBoard scalars <split>/<key> and
 photo2shape_gallery.png (photos beside their top-5 shapes, the right one framed green). Keys read the same in code,
-JSON and TensorBoard: photo2shape_R@1, photo2shape_mAP, category/photo2shape_R@1.
+JSON and TensorBoard: photo2shape_R@1, photo2shape_mAP, category/photo2shape_R@1, and the chance level of a random
+ranking, photo2shape_chance_R@1. Unless --no_baselines, the colour_histogram shortcut baseline (metrics/baselines.py)
+is scored on the same photos (results.json "baselines") and printed under the model's rows.
 """
 import argparse
 
@@ -24,21 +26,27 @@ from features import encode_photo_split
 from metrics.evaluate import add_bool_arg, add_eval_args, load_eval_model, metric_table, save_results
 # re-exported for tasks/photo2shape.py, which validates with it
 from metrics.evaluate import evaluate_photo2shape  # noqa: F401
+from metrics.baselines import colour_histogram, photo2shape_with_chance
 from metrics.plots import plot_gallery
-from metrics.retrieval import VIEW_MODES, photo2shape_metrics, shape_gallery
+from metrics.retrieval import VIEW_MODES, shape_gallery
+
 
 def photo2shape_report(wrapper, preprocess, jsonl, split, out_dir, label, device="cpu", keep_hard_photos=False,
-                       photo_margin=0.1, photo_mask=False, views="mean", n_gallery=6, num_workers=2, tb_prefix=None):
+                       photo_margin=0.1, photo_mask=False, views="mean", n_gallery=6, num_workers=2, tb_prefix=None,
+                       baselines=True):
     """Evaluate one model on one split; writes results.json and photo2shape_gallery.png to out_dir (and TensorBoard
-    scalars <tb_prefix>/<key>)."""
+    scalars <tb_prefix>/<key>). baselines: also score colour_histogram on the same photos (result["baselines"])."""
     feats, photos = encode_photo_split(wrapper, preprocess, jsonl, split, device, keep_hard_photos, photo_margin,
                                        photo_mask, num_workers=num_workers)
-    metrics = photo2shape_metrics(feats["photo"], feats["photo_model"], feats["view"], feats["view_model"],
-                                  photos.categories, views)
+    metrics = photo2shape_with_chance(feats["photo"], feats["photo_model"], feats["view"], feats["view_model"],
+                                      photos.categories, views)
     result = {"model": label, "split": split, "views": views, "data_jsonl": str(jsonl),
               "n_models": len(photos.model_ids), "n_photos": len(photos), "n_photos_left_out": photos.n_hard_skipped,
               "n_models_with_photos": len(set(photos.labels)), "keep_hard_photos": keep_hard_photos,
               "photo_mask": photo_mask, "photo_margin": photo_margin, "metrics": metrics}
+    if baselines:
+        result["baselines"] = {"colour_histogram": colour_histogram(jsonl, split, keep_hard_photos, photo_margin,
+                                                                    photo_mask)}
     path = save_results(out_dir, result, tb_prefix)
     shapes, shape_models = shape_gallery(feats["view"], feats["view_model"], views)
     picks = sorted({int(i) for i in torch.linspace(0, len(photos) - 1, min(n_gallery, len(photos)))})
@@ -51,7 +59,7 @@ def photo2shape_report(wrapper, preprocess, jsonl, split, out_dir, label, device
 def format_table(result):
     lines = [f"{result['model']} on {result['split']}: {result['n_photos']} photos of {result['n_models_with_photos']} "
              f"models ({result['n_photos_left_out']} truncated/occluded left out) against {result['n_models']} shapes"]
-    return "\n".join(lines + metric_table(result["metrics"], ("photo2shape",)))
+    return "\n".join(lines + metric_table(result["metrics"], ("photo2shape",), result.get("baselines")))
 
 
 def main(argv=None):
@@ -72,7 +80,7 @@ def main(argv=None):
             photo[key] = value
     result = photo2shape_report(run.wrapper, run.preprocess, run.jsonl, args.split, run.out_dir, run.label,
                                 device=run.device, views=args.views, num_workers=args.num_workers,
-                                tb_prefix=args.split, **photo)
+                                tb_prefix=args.split, baselines=args.baselines, **photo)
     print(format_table(result))
     print(f"wrote {run.out_dir / 'results.json'}, photo2shape_gallery.png")
     return 0

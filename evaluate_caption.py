@@ -6,7 +6,9 @@ scored with BLEU-1..4, METEOR, ROUGE_L, CIDEr (metrics/caption.py) and the CLIP 
 (the second adds the generative captioner of train_captioner.py; its CLIP checkpoint is the one it was trained on)
 
 Retrieval captioning gives each shape the best-matching caption of the TRAINING split. Baselines: "generic" (the
-same caption for every shape) and "category" (its category noun: "a chair", "an object").
+same caption for every shape), "category" (its category noun: "a chair", "an object") and, unless --no_baselines,
+"nearest_caption" (the first caption of the training model whose renders look most alike, 16x16 grey thumbnails:
+no text-image learning; metrics/baselines.py).
 Writes logs/<run>/captions_<split>.json (or into --out_dir); with --captioner generative, <run> is the captioner's
 run. METEOR needs Java (see metrics.caption.JAVA_HELP); `from evaluate_caption import evaluate_caption` keeps working.
 """
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 
 from features import encode_split, encode_texts
 from meshes.captions import CATEGORY_NOUNS, with_article
+from metrics.baselines import nearest_captions
 from metrics.caption import JAVA_HELP, METRIC_KEYS, clip_score, java_available
 # re-exported for tasks/captioner.py, which validates with it
 from metrics.caption import evaluate_caption  # noqa: F401
@@ -43,11 +46,11 @@ def baseline_captions(categories):
 
 
 def caption_report(wrapper, preprocess, jsonl, split, device, meteor=True, feats=None, captioners=None,
-                   num_workers=2):
-    """Scores of retrieval captioning, any extra captioners and the two baselines on a split:
+                   num_workers=2, baselines=True):
+    """Scores of retrieval captioning, any extra captioners and the baselines on a split:
     {"captioners": {name: {metric: value, ..., "CLIPScore": ...}}, "examples": [...]}.
     `captioners` maps extra names to functions (shape embeddings, model ids) -> captions; feats: encode_split's
-    (features, dataset) when already computed."""
+    (features, dataset) when already computed; baselines: also the nearest_caption shortcut baseline."""
     feats, ds = feats or encode_split(wrapper, preprocess, jsonl, split, device, num_workers=num_workers)
     shapes, models = shape_gallery(feats["image"], feats["image_model"], "mean")
     train_ds = MultiViewDataset(jsonl, "train", preprocess, mode="eval")
@@ -57,6 +60,9 @@ def caption_report(wrapper, preprocess, jsonl, split, device, meteor=True, feats
     for name, fn in (captioners or {}).items():
         preds[name] = fn(shapes, [ds.model_ids[m] for m in models])
     preds.update(baseline_captions([ds.categories[m] for m in models]))
+    if baselines:
+        nearest = nearest_captions(jsonl, split)  # in the dataset's model order, as `models` indexes it
+        preds["nearest_caption"] = [nearest[m] for m in models]
     report = {}
     for name, captions in preds.items():
         scores = evaluate_caption(gold, captions, meteor=meteor)
@@ -70,9 +76,9 @@ def caption_report(wrapper, preprocess, jsonl, split, device, meteor=True, feats
 def format_report(report, label):
     keys = [k for k in METRIC_KEYS + ["CLIPScore"] if k in next(iter(report["captioners"].values()))]
     lines = [f"captions for {report['n_models']} {report['split']} models, {label}",
-             f"{'captioner':<12}" + "".join(f"{k:>10}" for k in keys)]
+             f"{'captioner':<16}" + "".join(f"{k:>10}" for k in keys)]
     for name, scores in report["captioners"].items():
-        lines.append(f"{name:<12}" + "".join(f"{scores[k]:10.3f}" for k in keys))
+        lines.append(f"{name:<16}" + "".join(f"{scores[k]:10.3f}" for k in keys))
     return "\n".join(lines)
 
 
@@ -101,7 +107,7 @@ def main(argv=None):
         extra["generative"], feats = _generative_captioner(captioner, run, args)
         run.label += f"; generative captioner {args.captioner_checkpoint}"
     report = caption_report(run.wrapper, run.preprocess, run.jsonl, args.split, run.device, meteor=not args.no_meteor,
-                            feats=feats, captioners=extra, num_workers=args.num_workers)
+                            feats=feats, captioners=extra, num_workers=args.num_workers, baselines=args.baselines)
     report["model"] = run.label
     path = save_results(run.out_dir, report, name=f"captions_{args.split}.json")
     print(format_report(report, run.label))

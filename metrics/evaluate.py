@@ -42,16 +42,24 @@ def save_results(out_dir, result, tb_prefix=None, name="results.json"):
 
 
 # ----------------------------------------------------------------------------- the evaluation CLIs' shared part
-def metric_table(metrics, directions):
+def metric_table(metrics, directions, baselines=None):
     """Lines of an R@1 / R@5 / R@10 / mAP / median rank table: one row per direction (e.g. "text2image") and level
-    (same model, then same category: the "category/" keys)."""
-    rows = [(f"{d} ({level})", f"{prefix}{d}") for prefix, level in (("", "same model"), ("category/", "same category"))
-            for d in directions]
-    width = max(len(label) for label, _ in rows) + 2
+    (same model, then same category: the "category/" keys; then the captions without a colour word: the
+    "shape_only/" keys, when present). Under each row: the same row of each baseline ({name: its metrics}) and the
+    chance level of a random ranking (the `_chance_R@k` keys, when present)."""
+    levels = (("", "same model"), ("category/", "same category"), ("shape_only/", "shape only"))
+    rows = [(f"{d} ({level})", f"{prefix}{d}") for prefix, level in levels for d in directions
+            if f"{prefix}{d}_R@1" in metrics]
+    width = max(len(label) for label in [r[0] for r in rows] + [f"  {n} baseline" for n in baselines or {}]) + 2
     lines = [f"{'':<{width}}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'mAP':>7}{'medR':>7}"]
     for label, k in rows:
-        lines.append(f"{label:<{width}}{metrics[k + '_R@1']:7.3f}{metrics[k + '_R@5']:7.3f}"
-                     f"{metrics[k + '_R@10']:7.3f}{metrics[k + '_mAP']:7.3f}{metrics[k + '_median_rank']:7.1f}")
+        for name, m in [(label, metrics)] + [(f"  {n} baseline", b) for n, b in (baselines or {}).items()]:
+            if f"{k}_R@1" in m:
+                lines.append(f"{name:<{width}}{m[k + '_R@1']:7.3f}{m[k + '_R@5']:7.3f}{m[k + '_R@10']:7.3f}"
+                             f"{m[k + '_mAP']:7.3f}{m[k + '_median_rank']:7.1f}")
+        if f"{k}_chance_R@1" in metrics:
+            lines.append(f"{'  chance':<{width}}" + "".join(f"{metrics[f'{k}_chance_R@{n}']:7.3f}" for n in (1, 5, 10))
+                         + f"{'-':>7}{'-':>7}")
     return lines
 
 
@@ -70,13 +78,17 @@ def add_bool_arg(ap, name, help):
 
 
 def add_eval_args(ap, splits=SPLITS, out_dir_help="default: the run's folder under logs/"):
-    """The model (a checkpoint, or a CLIP for zero-shot), --split, --out_dir and --num_workers."""
+    """The model (a checkpoint, or a CLIP for zero-shot), --split, --out_dir, --num_workers and
+    --baselines / --no_baselines."""
     from models.clip_wrapper import add_model_args
 
     add_model_args(ap)
     ap.add_argument("--split", default="test", choices=splits)
     ap.add_argument("--out_dir", default=None, help=out_dir_help)
     ap.add_argument("--num_workers", type=int, default=2)
+    ap.add_argument("--baselines", dest="baselines", action="store_true", default=True,
+                    help="also score the shortcut baselines of metrics/baselines.py on the split (default)")
+    ap.add_argument("--no_baselines", dest="baselines", action="store_false", help="skip the shortcut baselines")
 
 
 def load_eval_model(ap, args, out_name):

@@ -1,6 +1,7 @@
 """Pictures of an evaluation: Recall@K curves, and a gallery of the shapes retrieved for a few queries.
 
-    plot_recall_curves({"text2image": [R@1, R@2, ...], "image2text": [...]}, "recall_curve.png", "full, test split")
+    plot_recall_curves({"text2image": [R@1, R@2, ...], "image2text": [...]}, "recall_curve.png", "full, test split",
+                       chance={"text2image": [chance R@1, ...], ...})    # chance: dashed, in the same colour
     plot_gallery(queries, shapes, shape_models, views_of_model, "retrieval_gallery.png")
 
 A gallery row is one query: a title line, then on the left the query itself (a photo thumbnail, or a caption's
@@ -14,8 +15,9 @@ import torch.nn.functional as F
 GREEN, GREY = (30, 170, 60), (200, 200, 200)
 
 
-def plot_recall_curves(curves, path, title):
-    """One Recall@K line per direction; curves[name][k - 1] is R@k."""
+def plot_recall_curves(curves, path, title, chance=None):
+    """One Recall@K line per direction; curves[name][k - 1] is R@k. chance: the same for a random ranking (the
+    expected R@k, metrics.baselines.chance_recall), drawn dashed in its direction's colour."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display is needed, and none may exist
@@ -24,7 +26,10 @@ def plot_recall_curves(curves, path, title):
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     names = {"image2text": "shape -> text (image2text)", "text2image": "text -> shape (text2image)"}
     for name, ys in curves.items():
-        ax.plot(range(1, len(ys) + 1), ys, label=names.get(name, name))
+        line, = ax.plot(range(1, len(ys) + 1), ys, label=names.get(name, name))
+        if chance and name in chance:
+            ax.plot(range(1, len(chance[name]) + 1), chance[name], "--", color=line.get_color(), alpha=0.6,
+                    label=f"chance, {name}")
     ax.set(xlabel="K", ylabel="Recall@K", ylim=(0, 1.02))
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right")

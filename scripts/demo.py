@@ -5,8 +5,9 @@
 Steps: build data/pix3d_toy (Pix3D's format) -> render 12 views per model -> usable_samples.jsonl ->
 zero-shot -> linear probe -> full fine-tune -> Recall@K and caption metrics on the test split ->
 generative captioner -> photo -> shape retrieval (zero-shot, stage 2 image tower, stage 3 joint).
-Writes logs/demo/results.json, logs/demo/results.md and the pictures beside them. Every step that already
-finished is kept (data, renders, feature cache); the two training runs start fresh each time.
+Writes logs/demo/results.json, logs/demo/results.md and the pictures beside them; every table holds the shortcut
+baselines of metrics/baselines.py (no text-image learning) and the chance level beside the models. Every step
+that already finished is kept (data, renders, feature cache); the two training runs start fresh each time.
 The tiny model is random-init and trained from scratch here: its numbers show the pipeline works, not what
 CLIP does. For real Pix3D and ViT-B/32, see the README.
 """
@@ -51,6 +52,8 @@ SHAPE_STAGE3 = dict(train_shape_stage3.PRESET, **COMMON, run_name="demo-shape-st
 SHAPE_KEYS = ["photo2shape_R@1", "photo2shape_R@5", "photo2shape_R@10", "photo2shape_mAP", "category/photo2shape_R@1"]
 KEYS = ["text2image_R@1", "text2image_R@5", "text2image_R@10", "image2text_R@1", "image2text_R@5",
         "image2text_R@10", "text2image_mAP", "image2text_mAP"]
+SHAPE_ONLY_KEYS = ["shape_only/text2image_R@1", "shape_only/text2image_R@5", "shape_only/text2image_R@10",
+                   "shape_only/text2image_mAP"]
 
 
 def step(title):
@@ -121,9 +124,16 @@ def main():
     summary = {name: {k: r["metrics"][k] for k in r["metrics"] if not k.endswith("n_no_match")}
                for name, r in results.items()}
     summary["captions"] = captions["captioners"]["retrieval"]
-    summary["captions_baselines"] = {k: v for k, v in captions["captioners"].items() if k != "retrieval"}
+    summary["captions_baselines"] = {k: v for k, v in captions["captioners"].items()
+                                     if k not in ("retrieval", "nearest_caption")}
     summary["captions_generative"] = generative["captioners"]["generative"]
-    summary["shape_retrieval"] = shape
+    summary["shape_retrieval"], colour_histogram = shape
+    # the shortcut baselines, with the keys of the entries they sit beside (text <-> shape, captions, photo -> shape)
+    summary["baselines"] = {
+        "colour_category": {k: v for k, v in results["full"]["baselines"]["colour_category"].items()
+                            if not k.endswith("n_no_match")},
+        "nearest_caption": captions["captioners"]["nearest_caption"],
+        "colour_histogram": colour_histogram}
     summary["model"] = label
     summary["n_test_models"] = results["full"]["n_models"]
     write_json(OUT / "results.json", summary)
@@ -144,58 +154,79 @@ def generative_captions(full_checkpoint, device, feats, run_name="demo-captioner
     dec, ckpt = load_captioner(Path(out["weights_dir"]) / "best.pt", device)
     wrapper, preprocess, _ = load_checkpoint(full_checkpoint, device)
     return caption_report(wrapper, preprocess, COMMON["data_jsonl"], "test", device, meteor=java_available(),
-                          feats=feats, captioners={"generative": make_captioner(dec, ckpt, device)})
+                          feats=feats, captioners={"generative": make_captioner(dec, ckpt, device)}, baselines=False)
 
 
 def shape_retrieval(device):
-    """Photo -> shape on the toy photos (test split) for each stage: {stage: {metric: value}} plus counts."""
+    """Photo -> shape on the toy photos (test split) for each stage: ({stage: {metric: value}} plus counts, the
+    colour_histogram baseline's metrics on the same photos)."""
     label, jsonl = model_label(CLIP_MODEL), COMMON["data_jsonl"]
     model, preprocess = load_clip(CLIP_MODEL, device, seed=COMMON["seed"])
     r = eval_shape_retrieval.photo2shape_report(CLIPWrapper(model, "zero_shot").eval(), preprocess, jsonl, "test",
                                                 OUT / "shape_zero_shot", f"{label}, zero-shot", device=device)
-    results = {"zero_shot": r["metrics"]}
+    results, baseline = {"zero_shot": r["metrics"]}, r["baselines"]["colour_histogram"]
     for name, preset in (("stage2", SHAPE_STAGE2), ("stage3", SHAPE_STAGE3)):
         for d in (ROOT / "logs" / preset["run_name"], ROOT / "weights" / preset["run_name"]):
             shutil.rmtree(d, ignore_errors=True)
         trained = train.main([], preset=preset)
         wrapper, preprocess, _ = load_checkpoint(Path(trained["weights_dir"]) / "best.pt", device)
         r = eval_shape_retrieval.photo2shape_report(wrapper, preprocess, jsonl, "test", OUT / f"shape_{name}",
-                                                    f"{label}, {name}", device=device)
+                                                    f"{label}, {name}", device=device, baselines=False)
         results[name] = r["metrics"]
     results.update(n_photos=r["n_photos"], n_photos_left_out=r["n_photos_left_out"], n_models=r["n_models"])
-    return results
+    return results, baseline
 
 
-def shape_markdown(s):
+def _row(name, metrics, keys):
+    return f"| {name} | " + " | ".join("-" if metrics.get(k) is None else f"{metrics[k]:.3f}" for k in keys) + " |"
+
+
+def _chance(metrics):
+    """The chance row of a table: each R@k key's `_chance_R@k` twin in `metrics` (a random ranking has no mAP)."""
+    return {k: metrics.get(k.replace("_R@", "_chance_R@")) for k in metrics if "_R@" in k and "_chance_" not in k}
+
+
+def shape_markdown(s, baseline=None):
     lines = [f"Photo -> shape, test split: {s['n_photos']} photos ({s['n_photos_left_out']} truncated/occluded left "
              f"out) against {s['n_models']} shapes.", "",
              "| stage | tuned | loss | " + " | ".join(SHAPE_KEYS) + " |", "|---" * (len(SHAPE_KEYS) + 3) + "|"]
     for name, tuned, loss in (("zero_shot", "none", "-"), ("stage2", "image tower", "triplet + center + ce"),
                               ("stage3", "both towers", "SupCon")):
-        lines.append(f"| {name} | {tuned} | {loss} | " + " | ".join(f"{s[name][k]:.3f}" for k in SHAPE_KEYS) + " |")
+        lines.append(_row(f"{name} | {tuned} | {loss}", s[name], SHAPE_KEYS))
+    if baseline:
+        lines.append(_row("colour_histogram baseline | none | -", baseline, SHAPE_KEYS))
+    lines.append(_row("chance | - | -", _chance(s["stage3"]), SHAPE_KEYS))
     lines += ["", "Pictures: " + ", ".join(f"[{n}](shape_{n}/photo2shape_gallery.png)"
                                           for n in ("zero_shot", "stage2", "stage3")), ""]
     return "\n".join(lines)
 
 
 def results_markdown(s):
+    baselines = s.get("baselines", {})
+    runs = [(name, s[name]) for name in ("zero_shot", "linear", "full")]
+    if "colour_category" in baselines:
+        runs.append(("colour_category baseline", baselines["colour_category"]))
     lines = [f"Test split: {s['n_test_models']} models; model: {s['model']}.", "",
              "| run | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
-    for name in ("zero_shot", "linear", "full"):
-        lines.append(f"| {name} | " + " | ".join(f"{s[name][k]:.3f}" for k in KEYS) + " |")
+    lines += [_row(name, metrics, KEYS) for name, metrics in runs] + [_row("chance", _chance(s["full"]), KEYS)]
+    lines += ["", f"Shape only: the {s['full'].get('shape_only/n_captions', 0)} test captions that name no colour.", "",
+              "| run | " + " | ".join(SHAPE_ONLY_KEYS) + " |", "|---" * (len(SHAPE_ONLY_KEYS) + 1) + "|"]
+    lines += [_row(name, metrics, SHAPE_ONLY_KEYS) for name, metrics in runs]
+    lines.append(_row("chance", _chance(s["full"]), SHAPE_ONLY_KEYS))
     cap_keys = list(s["captions"])
     lines += ["", "| captions | " + " | ".join(cap_keys) + " |", "|---" * (len(cap_keys) + 1) + "|",
-              "| retrieval (full model) | " + " | ".join(f"{s['captions'][k]:.3f}" for k in cap_keys) + " |"]
+              _row("retrieval (full model)", s["captions"], cap_keys)]
     if "captions_generative" in s:
-        lines.append("| generative (on the full model) | "
-                     + " | ".join(f"{s['captions_generative'].get(k, float('nan')):.3f}" for k in cap_keys) + " |")
-    for name, scores in s["captions_baselines"].items():
-        lines.append(f"| {name} baseline | " + " | ".join(f"{scores.get(k, float('nan')):.3f}" for k in cap_keys) + " |")
+        lines.append(_row("generative (on the full model)", s["captions_generative"], cap_keys))
+    captioners = dict(s["captions_baselines"])
+    if "nearest_caption" in baselines:
+        captioners["nearest_caption"] = baselines["nearest_caption"]
+    lines += [_row(f"{name} baseline", scores, cap_keys) for name, scores in captioners.items()]
     lines += ["", "Pictures: [renders](renders_contact_sheet.png), "
               + ", ".join(f"[{n} recall curve]({n}/recall_curve.png), [{n} gallery]({n}/retrieval_gallery.png)"
                           for n in ("zero_shot", "linear", "full")), ""]
     if "shape_retrieval" in s:
-        lines += [shape_markdown(s["shape_retrieval"])]
+        lines += [shape_markdown(s["shape_retrieval"], baselines.get("colour_histogram"))]
     return "\n".join(lines)
 
 
