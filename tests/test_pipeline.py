@@ -3,7 +3,8 @@
     .venv/bin/python -m pytest -q tests/test_pipeline.py
 
 The CLIs' numbers are checked against a brute-force ranking (tests/test_recall.py's reference) of the same model's
-features, and against the caption metrics recomputed from the jsonl.
+features, and against the caption metrics recomputed from the jsonl; so are the shape-only subset, the chance level
+and the shortcut baselines printed beside them.
 """
 import json
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 import eval_recall
 import evaluate_caption
+import metrics.baselines as bl
 import train
 from features import encode_split
 from metrics.caption import evaluate_caption as caption_metrics
@@ -80,11 +82,24 @@ def test_eval_recall_cli_writes_json_and_pictures(toy, checkpoint, tmp_path, cap
                 curve = result["recall_curve"][d]
                 assert curve[0] == pytest.approx(want["R@1"]) and curve[4] == pytest.approx(want["R@5"])
     assert m["text2image_R@1"] < 1 and m["image2text_mAP"] < 1  # not saturated: a wrong ranking would show
+
+    # the captions that name no colour: the same ranking restricted to them; chance is k / 9 with one shape each
+    captions = [c for c, _ in ds.texts]
+    subset = [i for i, c in enumerate(captions) if not any(w in c.split() for w in bl.COLOR_WORDS)]
+    assert 0 < m["shape_only/n_captions"] == len(subset) < len(captions)
+    want = reference(feats["text"][subset], shapes, [text_models[i] for i in subset], list(range(9)), ks=(1, 5, 10))
+    for key in ("R@1", "R@5", "R@10", "mAP"):
+        assert m[f"shape_only/text2image_{key}"] == pytest.approx(want[key], abs=1e-6), key
+    for k in (1, 5, 10):
+        assert m[f"text2image_chance_R@{k}"] == pytest.approx(min(k, 9) / 9) == m[f"shape_only/text2image_chance_R@{k}"]
+    baseline = result["baselines"]["colour_category"]
+    assert set(baseline) == set(m) and baseline == bl.colour_category(toy / "usable_samples.jsonl", "test")
     assert len(result["recall_curve"]["text2image"]) == 50
     for name in ("recall_curve.png", "retrieval_gallery.png"):
         with Image.open(tmp_path / name) as im:
             assert im.size[0] > 200 and im.size[1] > 200
-    assert "text2image (same model)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "text2image (same model)" in out and "colour_category baseline" in out and "  chance" in out
 
 
 def test_evaluate_caption_cli(toy, checkpoint, tmp_path, monkeypatch):
@@ -93,7 +108,7 @@ def test_evaluate_caption_cli(toy, checkpoint, tmp_path, monkeypatch):
     assert evaluate_caption.main(["--checkpoint", str(checkpoint), "--split", "test", "--no_meteor"]) == 0
     out = tmp_path / "logs" / "toy" / "captions_test.json"
     report = json.loads(out.read_text())
-    assert set(report["captioners"]) == {"retrieval", "generic", "category"}
+    assert set(report["captioners"]) == {"retrieval", "generic", "category", "nearest_caption"}
     assert "METEOR" not in report["captioners"]["retrieval"] and "CIDEr" in report["captioners"]["retrieval"]
     rows = [json.loads(x) for x in (toy / "usable_samples.jsonl").read_text().splitlines()]
     train_caps = {c for r in rows if r["split"] == "train" for c in r["captions"]}
@@ -108,6 +123,14 @@ def test_evaluate_caption_cli(toy, checkpoint, tmp_path, monkeypatch):
     for key, value in generic.items():
         assert report["captioners"]["generic"][key] == pytest.approx(value, rel=1e-12), key
     assert report["captioners"]["retrieval"]["CIDEr"] > report["captioners"]["generic"]["CIDEr"]
+    # nearest_caption: a training model's first caption, scored by the same code against the same references
+    nearest = bl.nearest_captions(toy / "usable_samples.jsonl", "test")
+    first_train = {r["captions"][0] for r in rows if r["split"] == "train"}
+    assert all(c in first_train for c in nearest)
+    assert [ex["nearest_caption"] for ex in report["examples"]] == nearest[:8]
+    scores = caption_metrics(gold, nearest, meteor=False)
+    for key, value in scores.items():
+        assert report["captioners"]["nearest_caption"][key] == pytest.approx(value, rel=1e-12), key
 
 
 def test_zero_shot_cli_without_checkpoint(toy, tmp_path):
