@@ -15,7 +15,8 @@ A task is an object with:
     seed and epoch on every run), after_step() (after each optimizer step), validate() -> {metric: float},
     checkpoint(best) -> the task's part of a checkpoint (at least "model"), extra_results (a dict for
     results.json), provenance (what the model was built from: config.json, results.json, checkpoints), and
-    optionally datasets (whose n_unreadable / n_bad_lines fit() reports at the end).
+    optionally datasets (whose n_unreadable / n_bad_lines fit() reports at the end) and optim_args (AdamW
+    keyword arguments beyond lr and weight decay; torch's defaults otherwise).
 
 Tasks: text2shape.Text2Shape (CLIP on render/caption pairs, full or linear probe), photo2shape.Photo2Shape
 (metric learning over photos and renders), captioner.Captioner (the generative captioner on a frozen CLIP).

@@ -11,6 +11,7 @@ class ClipTask:
     kind = "clip"
     uses_ddp = True
     extra_results = {}
+    optim_args = {"betas": (0.9, 0.98), "eps": 1e-6}  # CLIP's AdamW settings (its paper), kept for fine-tuning
 
     def __init__(self, cfg):
         self.cfg = cfg
