@@ -192,6 +192,44 @@ class MultiViewDataset(Dataset):
         raise OSError(f"{self.jsonl_path}: no view of any model of split {self.split!r} can be read")
 
 
+class SeededDraws(Dataset):
+    """Item (epoch, i) of a train-mode dataset, drawn under an RNG seeded by (seed, epoch, i): the random view,
+    caption and augmentation of a draw then depend neither on which DataLoader worker makes it nor on that
+    worker's history, so persistent workers, any num_workers and a resumed run all give the same batches."""
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + i) % 2**62)
+            return self.dataset[i]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """(epoch, index) keys for SeededDraws from a sampler of indices (or a batch sampler of index lists); the
+    DataLoader runs it in the main process, so set_epoch reaches it even with persistent workers."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        for x in self.sampler:
+            yield [(self.epoch, i) for i in x] if isinstance(x, list) else (self.epoch, x)
+
+
 # ============================================================================= photo -> shape retrieval
 def crop_photo(image, bbox, margin=0.1, mask=None):
     """A square crop around the object: its bbox [x0, y0, x1, y1] grown by `margin` (a fraction of the longer

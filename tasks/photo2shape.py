@@ -10,7 +10,7 @@ import torch
 from metrics.evaluate import evaluate_photo2shape
 from models.clip_wrapper import tokenize
 from models.losses import ShapeLoss, parse_shape_loss
-from multiview_dataset import PKSampler, ShapeImageDataset
+from multiview_dataset import EpochSampler, PKSampler, SeededDraws, ShapeImageDataset
 from tasks.clip_task import ClipTask
 from tasks.text2shape import augmented
 
@@ -74,7 +74,8 @@ class Photo2Shape(ClipTask):
         self.sampler = PKSampler(ds.labels, ds.is_photo, cfg["pk_models"], cfg["pk_images"], cfg["pk_photos"],
                                  seed=cfg["seed"], rank=rank, world_size=world)
         self.loader = torch.utils.data.DataLoader(
-            ds, batch_sampler=self.sampler, num_workers=cfg["num_workers"], persistent_workers=cfg["num_workers"] > 0,
+            SeededDraws(ds, cfg["seed"]), batch_sampler=EpochSampler(self.sampler), num_workers=cfg["num_workers"],
+            persistent_workers=cfg["num_workers"] > 0,
             pin_memory=dev.startswith("cuda"), collate_fn=functools.partial(collate_photo2shape, with_text=self.with_text))
         shape_loss = ShapeLoss(cfg["shape_loss"], len(ds.model_ids), self.wrapper.model.text_projection.shape[1],
                                cfg["triplet_margin"], cfg["center_weight"], cfg["ce_weight"]).to(dev)
@@ -101,7 +102,7 @@ class Photo2Shape(ClipTask):
         return len(self.loader)
 
     def batches(self, epoch):
-        self.sampler.set_epoch(epoch)
+        self.loader.batch_sampler.set_epoch(epoch)
         dev = self.dev
         for x, ids, t, tm in self.loader:
             yield (x.to(dev, non_blocking=True), ids.to(dev), None if t is None else t.to(dev),

@@ -9,7 +9,7 @@ import torch
 from features import cached_features, encode_dataset
 from models.clip_wrapper import tokenize
 from models.losses import build_loss
-from multiview_dataset import MultiViewDataset
+from multiview_dataset import EpochSampler, MultiViewDataset, SeededDraws
 from metrics.retrieval import evaluate_retrieval
 from tasks.clip_task import ClipTask
 from utils import rank_zero_first
@@ -83,10 +83,11 @@ class Text2Shape(ClipTask):
         tf = augmented(self.preprocess) if cfg["augment"] else self.preprocess
         ds = MultiViewDataset(cfg["data_jsonl"], "train", tf, mode="train", draws_per_model=cfg["draws_per_model"])
         self.datasets = [ds]  # fit() reports their unreadable files and bad lines at the end
-        self.sampler = (torch.utils.data.DistributedSampler(ds, self.world, self.rank, seed=cfg["seed"])
-                        if self.world > 1 else None)
+        # the order comes from (seed, epoch) alone, with one process as with several: the global RNG, which the
+        # DataLoader draws from differently with and without workers, plays no part in which batches are made
+        self.sampler = EpochSampler(torch.utils.data.DistributedSampler(ds, self.world, self.rank, seed=cfg["seed"]))
         self.loader = torch.utils.data.DataLoader(
-            ds, batch_size=cfg["batch_size"], shuffle=self.sampler is None, sampler=self.sampler, drop_last=True,
+            SeededDraws(ds, cfg["seed"]), batch_size=cfg["batch_size"], sampler=self.sampler, drop_last=True,
             num_workers=cfg["num_workers"], persistent_workers=cfg["num_workers"] > 0,
             pin_memory=self.dev.startswith("cuda"), collate_fn=collate_pairs)
 
@@ -102,8 +103,7 @@ class Text2Shape(ClipTask):
             for v, t, ids in linear_batches(feats, self.n_models, self.cfg, epoch, self.rank, self.world):
                 yield feats["image"][v].to(dev), feats["text"][t].to(dev), ids.to(dev)
             return
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
         for x, t, ids in self.loader:
             yield x.to(dev, non_blocking=True), t.to(dev, non_blocking=True), ids.to(dev, non_blocking=True)
 

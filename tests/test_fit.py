@@ -308,3 +308,18 @@ def test_an_unreadable_render_mid_run_is_replaced_counted_and_reported(tmp_path,
     out = run(tmp_path, tmp_path / "damaged.jsonl", "--epochs=1", "--draws_per_model=4")
     results = json.loads((Path(out["run_dir"]) / "results.json").read_text())
     assert results["data_problems"]["n_unreadable"] >= 1 and results["data_problems"]["n_bad_lines"] == 0
+
+
+def test_persistent_workers_give_the_same_run_and_resume_exactly(tmp_path, synthetic_jsonl):
+    """Every draw (view, caption, augmentation) is seeded by (seed, epoch, index): 2 persistent DataLoader workers
+    give the single-process run's weights, and a run stopped after epoch 1 resumes to the same weights."""
+    args = ("--epochs=2", "--augment=True")
+    run(tmp_path / "main", synthetic_jsonl, *args, "--num_workers=0")
+    run(tmp_path / "workers", synthetic_jsonl, *args, "--num_workers=2")
+    run(tmp_path / "resumed", synthetic_jsonl, *args, "--num_workers=2", "--stop_after_epochs=1")
+    run(tmp_path / "resumed", synthetic_jsonl, f"--resume={tmp_path}/resumed/weights/run/last.pt")
+    a = weights(tmp_path / "main/weights/run/last.pt")
+    for other in ("workers", "resumed"):
+        b = weights(tmp_path / other / "weights/run/last.pt")
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-6), (other, k)
