@@ -49,11 +49,11 @@ def _check_inputs(gold_captions, pred_captions):
     if not pred_captions:
         raise ValueError("no captions to evaluate (both lists are empty)")
 
-    def clean(text, what):
+    def clean(text, what, empty_ok=False):
         if not isinstance(text, str):
             raise ValueError(f"{what} must be a string, got {type(text).__name__}")
         text = " ".join(text.split())
-        if not text:
+        if not text and not empty_ok:
             raise ValueError(f"{what} is empty")
         return text
 
@@ -63,7 +63,8 @@ def _check_inputs(gold_captions, pred_captions):
         if not refs:
             raise ValueError(f"gold_captions[{i}] has no reference captions")
         gts[i] = [{"caption": clean(r, f"gold_captions[{i}][{j}]")} for j, r in enumerate(refs)]
-        res[i] = [{"caption": clean(pred, f"pred_captions[{i}]")}]
+        # an empty prediction is a valid (bad) caption, what a decoder emitting its end token first gives: scored
+        res[i] = [{"caption": clean(pred, f"pred_captions[{i}]", empty_ok=True)}]
     return gts, res
 
 

@@ -102,14 +102,28 @@ def test_single_string_gold_is_a_one_element_list():
 def test_bad_inputs():
     with pytest.raises(ValueError, match="3 entries.*2"):
         ec.evaluate_caption([["a"], ["b"], ["c"]], ["a", "b"])
-    with pytest.raises(ValueError, match=r"pred_captions\[1\] is empty"):
-        ec.evaluate_caption([["a"], ["b"]], ["a", "  "])
     with pytest.raises(ValueError, match=r"gold_captions\[1\] has no reference"):
         ec.evaluate_caption([["a"], []], ["a", "b"])
     with pytest.raises(ValueError, match=r"gold_captions\[0\]\[1\] is empty"):
         ec.evaluate_caption([["a", ""]], ["a"])
     with pytest.raises(ValueError, match="empty"):
         ec.evaluate_caption([], [])
+
+
+@needs_java
+def test_an_empty_prediction_is_scored_not_refused():
+    """A decoder that emits its end token first gives "": a bad caption, scored as pycocoevalcap scores an empty
+    candidate (BLEU's brevity penalty, no n-gram matches), not a crash of the validation that meets it."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    gold, pred = [["a red chair", "a chair"], ["a blue table"], ["a bed"]], ["a red chair", "", "a bed"]
+    got = ec.evaluate_caption(gold, pred, meteor=False)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in refs] for i, refs in enumerate(gold)})
+    res = tok.tokenize({i: [{"caption": c}] for i, c in enumerate(pred)})
+    assert got["CIDEr"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-12)
+    assert got["CIDEr"] < ec.evaluate_caption(gold, ["a red chair", "a blue table", "a bed"], meteor=False)["CIDEr"]
 
 
 def test_without_java(monkeypatch):

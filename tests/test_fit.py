@@ -323,3 +323,15 @@ def test_persistent_workers_give_the_same_run_and_resume_exactly(tmp_path, synth
         b = weights(tmp_path / other / "weights/run/last.pt")
         for k in a:
             assert torch.allclose(a[k], b[k], atol=1e-6), (other, k)
+
+
+def test_resume_writes_where_the_command_says_not_where_the_checkpoint_says(tmp_path, synthetic_jsonl):
+    run(tmp_path, synthetic_jsonl, "--epochs=2", "--stop_after_epochs=1")
+    last = tmp_path / "weights/run/last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["config"].update(logs_dir=str(tmp_path / "elsewhere/logs"), weights_dir=str(tmp_path / "elsewhere/w"),
+                          cache_dir=str(tmp_path / "elsewhere/cache"), run_name="../../crafted")
+    torch.save(ckpt, last)
+    out = run(tmp_path, synthetic_jsonl, f"--resume={last}")
+    assert not (tmp_path / "elsewhere").exists()
+    assert Path(out["run_dir"]) == tmp_path / "logs/run" and Path(out["weights_dir"]) == tmp_path / "weights/run"
