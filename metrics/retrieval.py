@@ -96,26 +96,35 @@ def _expected_precision(above, matches_above, group_matches, group_size):
     return torch.where(alone, (big_m + 1) / (a + 1), tied)
 
 
-def _rank_by_comparison(sims, pos_scores, valid, scratch):
-    """Few matches per query: two passes (`sims > score`, `sims == score`) per match.
+def _rank_by_comparison(sims, match_idx, valid, scratch):
+    """Few matches per query: per match, one `sims > score` and one `sims == score` pass over the row.
 
+    match_idx: the gallery index of each row's matches (valid marks the real ones, a prefix of each row).
     Returns (first, AP): first holds, per row, the best match's tie group as (items strictly above it,
     non-matches in the group, matches in the group); AP is the expected average precision.
+    sims is overwritten (its matches set to -inf, so that both passes count non-matches only);
     scratch: a bool tensor shaped like sims, reused for every comparison.
     """
-    pos_scores = pos_scores.masked_fill(~valid, -math.inf).sort(dim=1, descending=True).values
-    # per match: items strictly above its score and items at its score (an int32 sum is ~2x faster than int64)
-    above = torch.empty(valid.shape, dtype=torch.long, device=sims.device)
-    at = torch.empty_like(above)
+    pos_scores = sims.gather(1, match_idx).masked_fill(~valid, -math.inf).sort(dim=1, descending=True).values
+    sims.scatter_(1, torch.where(valid, match_idx, match_idx[:, :1]), -math.inf)
+    thresholds = pos_scores.masked_fill(~valid, math.inf)  # a padding slot counts nothing
+    neg_above = torch.zeros(valid.shape, dtype=torch.long, device=sims.device)
+    neg_at = torch.zeros_like(neg_above)
     for t in range(valid.shape[1]):
-        above[:, t] = torch.gt(sims, pos_scores[:, t : t + 1], out=scratch).sum(1, dtype=torch.int32)
-        at[:, t] = torch.eq(sims, pos_scores[:, t : t + 1], out=scratch).sum(1, dtype=torch.int32)
+        score = thresholds[:, t : t + 1]
+        # an int32 sum is ~2x faster than the default int64
+        neg_above[:, t] = torch.gt(sims, score, out=scratch).sum(1, dtype=torch.int32)
+        # ties are rare: any() finds the rows that have one at half the cost of a count, which runs on those only
+        tied = torch.eq(sims, score, out=scratch).any(1).nonzero().squeeze(1)
+        if len(tied) > len(sims) // 8:  # many (a collapsed model): counting every row beats copying them out
+            neg_at[:, t] = scratch.sum(1, dtype=torch.int32)
+        elif len(tied):
+            neg_at[tied, t] = scratch[tied].sum(1, dtype=torch.int32).long()
     matches_above = (pos_scores[:, None, :] > pos_scores[:, :, None]).sum(2)
     matches_at = ((pos_scores[:, None, :] == pos_scores[:, :, None]) & valid[:, None, :]).sum(2)
-    precision = _expected_precision(above, matches_above, matches_at, at)
+    precision = _expected_precision(neg_above + matches_above, matches_above, matches_at, neg_at + matches_at)
     ap = torch.where(valid, precision, 0.0).sum(1) / valid.sum(1)  # padding slots are NaN, not 0
-    first = torch.stack([above[:, 0], at[:, 0] - matches_at[:, 0], matches_at[:, 0]], 1)
-    return first, ap
+    return torch.stack([neg_above[:, 0], neg_at[:, 0], matches_at[:, 0]], 1), ap
 
 
 def _rank_by_sorting(sims, pos):
@@ -143,8 +152,8 @@ def _rank_by_sorting(sims, pos):
     del end
     # the plain precision where the match has no tie, the expected one inside tie groups
     precision = torch.where(is_match, (matches_above + 1) / (start + 1).double(), 0.0)
-    tied = is_match & (size > 1)
-    if tied.any():
+    tied = (is_match & (size > 1)).nonzero(as_tuple=True)
+    if len(tied[0]):
         precision[tied] = _expected_precision(start[tied], matches_above[tied], matches_at[tied], size[tied])
     ap = precision.sum(1) / is_match.sum(1)
     del precision, tied
@@ -154,27 +163,29 @@ def _rank_by_sorting(sims, pos):
     return first, ap
 
 
-def _first_hit_within(k, first):
-    """Per query, P(a + 1 + X <= k): the probability that the first match lands in the top k.
+def _first_hit_within(ks, first):
+    """{k: per query, P(a + 1 + X <= k)}: the probability that the first match lands in the top k.
 
     With s = k - a of the tie group's places inside the top k, it misses when all s go to non-matches:
-    P(X >= s) = prod_{i < s} (t - i) / (t + m - i) = prod_{j = 1..m} (t - s + j) / (t + j), zero for s > t and
-    one for s <= 0. The loop runs over the shorter product in log1p terms, and -expm1 keeps a tiny R@k (k / N in
-    a collapsed gallery of N) accurate to a few ulps.
+    P(X >= s) = prod_{i < s} (t - i) / (t + m - i), one for s <= 0 and zero for s > t. One cumulative sum of
+    log1p terms per query serves every k, and -expm1 keeps a tiny R@k (k / N in a collapsed gallery of N)
+    accurate to a few ulps.
     """
     a, t, m = first.double().unbind(1)
-    s = (k - a).clamp(min=0)
-    hit = (s > t).double()
-    partial = ((s > 0) & (s <= t)).nonzero().squeeze(1)  # the top k cuts through the first match's tie group
-    if len(partial):
-        s, t, m = s[partial], t[partial], m[partial]
-        over_places = s <= m
-        n_terms = torch.minimum(s, m)
-        log_miss = torch.zeros_like(s)
-        for i in range(int(n_terms.max())):
-            term = torch.where(over_places, -m / (t + m - i), -s / (t + i + 1))
-            log_miss += torch.where(i < n_terms, torch.log1p(term), 0.0)
-        hit[partial] = -torch.expm1(log_miss)
+    hit = {k: (k > a + t).double() for k in ks}  # exact wherever the top k does not cut through the group
+    tied = ((t > 0) & (a < max(ks))).nonzero().squeeze(1)
+    if len(tied) == 0:
+        return hit
+    width = int(min(max(ks), t[tied].max()))  # s <= min(k, t): terms i < width
+    i = torch.arange(width, dtype=torch.float64, device=a.device)
+    for rows in tied.split(max(1, 2**22 // width)):  # blocks of at most 4M terms
+        a_r, t_r, m_r = a[rows], t[rows], m[rows]
+        # log P(X >= i + 1) in column i; columns past t are never read (the clamp only keeps them finite)
+        log_miss = torch.log1p(-m_r[:, None] / (t_r[:, None] + m_r[:, None] - i).clamp(min=1)).cumsum(1)
+        for k in ks:
+            s = k - a_r
+            cut = ((s > 0) & (s <= t_r)).nonzero().squeeze(1)
+            hit[k][rows[cut]] = -torch.expm1(log_miss[cut, s[cut].long() - 1])
     return hit
 
 
@@ -207,7 +218,8 @@ def retrieval_metrics(query_features, gallery_features, query_ids, gallery_ids, 
     # the expected first-hit rank: on average t / (m + 1) of the group's t non-matches come before its first match
     ranks = above + 1 + non_matches_at / (matches_at + 1)
 
-    out = {f"R@{k}": _first_hit_within(k, first).mean().item() if len(ranks) else math.nan for k in ks}
+    hit = _first_hit_within(ks, first)
+    out = {f"R@{k}": hit[k].mean().item() if len(ranks) else math.nan for k in ks}
     if len(ranks):
         s = ranks.sort().values
         out["mean_rank"] = s.mean().item()
@@ -261,7 +273,7 @@ def _rank_all(q, g, qcode, gcode, chunk_size):
         slot = torch.arange(int(n_block.max()), device=q.device)
         valid = slot[None, :] < n_block[:, None]
         gidx = order[torch.where(valid, start[qcode[block]][:, None] + slot[None, :], 0)]
-        first, ap = _rank_by_comparison(sims, sims.gather(1, gidx), valid, cmp_buf[: len(block)])
+        first, ap = _rank_by_comparison(sims, gidx, valid, cmp_buf[: len(block)])
         firsts.append(first)
         aps.append(ap)
     first = torch.cat(firsts).cpu() if firsts else torch.zeros(0, 3, dtype=torch.long)

@@ -257,6 +257,21 @@ def test_partial_ties_against_every_order(path):
                 assert_same(retrieval_metrics(q, gal, qi, gi, ks=KS, chunk_size=chunk_size), want)
 
 
+def test_a_few_tied_queries_in_a_block(path):
+    # 40 queries in one block, 60 gallery items of 30 ids; three items copied under another id, so only the queries
+    # of those three ids (a few rows of the block) see a match tied with a non-match
+    g = torch.Generator().manual_seed(23)
+    gallery, gallery_ids = torch.randn(60, 16, generator=g), [i % 30 for i in range(60)]
+    gallery = torch.cat([gallery, gallery[[0, 1, 2]]])
+    gallery_ids += [3, 4, 5]  # copies of items of ids 0, 1, 2
+    query_ids = torch.randint(0, 30, (40,), generator=g).tolist()
+    query = gallery[query_ids] + 1.0 * torch.randn(40, 16, generator=g)
+    want = reference(query, gallery, query_ids, gallery_ids)
+    tied_rows = sum(i in (0, 1, 2, 3, 4, 5) for i in query_ids)
+    assert 0 < tied_rows < 40 // 8
+    assert_same(retrieval_metrics(query, gallery, query_ids, gallery_ids, ks=KS), want)
+
+
 def test_category_level_many_matches(path):
     # thousands of matches per query is the sort path's job by default; both paths must agree with the reference
     g = torch.Generator().manual_seed(10)
