@@ -10,15 +10,15 @@ texts, and an image query is a hit at k when ANY of them is in its top k (counti
 image i undercounts as soon as a model has two captions; tests/test_recall.py shows a case).
 
 Ties are broken at random, in expectation: every number is its expected value when each group of gallery items
-with exactly the same score is put in a uniformly random order (the scores are float32 cosines; equal means
-bit-equal). A collapsed model, all scores equal, therefore scores chance: R@k = k / N with one match among N.
-For a query whose best-scoring tie group holds m matches and t non-matches below `a` items that score strictly
-higher, the number X of the group's non-matches placed before its first match has
-P(X = x) = C(t + m - 1 - x, m - 1) / C(t + m, m). R@k is P(a + 1 + X <= k), the probability that the first
-match lands in the top k (averaged over queries: the expected Recall@K); the first-hit rank is its expectation
-a + 1 + t / (m + 1) (mean_rank and median_rank are the mean and median of those); AP is the expected average
-precision (McSherry & Najork 2008, "Computing information retrieval performance measures efficiently in the
-presence of tied scores"). Without ties these are the plain values, and AP is sklearn's average_precision_score.
+with exactly the same score (float32 cosines, bit-equal) is put in a uniformly random order. A collapsed model,
+all scores equal, therefore scores chance: R@k = k / N with one match among N. For a query whose best-scoring
+tie group holds m matches and t non-matches below `a` items that score strictly higher, the number X of the
+group's non-matches placed before its first match has P(X = x) = C(t + m - 1 - x, m - 1) / C(t + m, m).
+R@k is P(a + 1 + X <= k), the probability that the first match lands in the top k (averaged over queries: the
+expected Recall@K); the first-hit rank is its expectation a + 1 + t / (m + 1) (mean_rank and median_rank are
+the mean and median of those); AP is the expected average precision (McSherry & Najork 2008, "Computing
+information retrieval performance measures efficiently in the presence of tied scores"). Without ties these
+are the plain values, and AP is sklearn's average_precision_score.
 
 Nothing of size queries x gallery is held: queries are processed in blocks of `chunk_size` rows (fewer when the
 gallery is large, so one block of similarities stays around 512 MB), which is what lets 100k x 100k run.
@@ -119,7 +119,7 @@ def _rank_by_comparison(sims, match_idx, valid, scratch):
         if len(tied) > len(sims) // 8:  # many (a collapsed model): counting every row beats copying them out
             neg_at[:, t] = scratch.sum(1, dtype=torch.int32)
         elif len(tied):
-            neg_at[tied, t] = scratch[tied].sum(1, dtype=torch.int32).long()
+            neg_at[tied, t] = scratch[tied].sum(1)
     matches_above = (pos_scores[:, None, :] > pos_scores[:, :, None]).sum(2)
     matches_at = ((pos_scores[:, None, :] == pos_scores[:, :, None]) & valid[:, None, :]).sum(2)
     precision = _expected_precision(neg_above + matches_above, matches_above, matches_at, neg_at + matches_at)
@@ -148,8 +148,7 @@ def _rank_by_sorting(sims, pos):
     matches_above = (matches_to - is_match.int()).gather(1, start.long())
     matches_at = matches_to.gather(1, end.long() - 1) - matches_above
     del matches_to
-    size = end - start
-    del end
+    size = end.sub_(start)
     # the plain precision where the match has no tie, the expected one inside tie groups
     precision = torch.where(is_match, (matches_above + 1) / (start + 1).double(), 0.0)
     tied = (is_match & (size > 1)).nonzero(as_tuple=True)
@@ -174,11 +173,9 @@ def _first_hit_within(ks, first):
     a, t, m = first.double().unbind(1)
     hit = {k: (k > a + t).double() for k in ks}  # exact wherever the top k does not cut through the group
     tied = ((t > 0) & (a < max(ks))).nonzero().squeeze(1)
-    if len(tied) == 0:
-        return hit
-    width = int(min(max(ks), t[tied].max()))  # s <= min(k, t): terms i < width
+    width = int(min(max(ks), t[tied].max())) if len(tied) else 0  # s <= min(k, t): terms i < width
     i = torch.arange(width, dtype=torch.float64, device=a.device)
-    for rows in tied.split(max(1, 2**22 // width)):  # blocks of at most 4M terms
+    for rows in tied.split(max(1, 2**22 // max(width, 1))):  # blocks of at most 4M terms
         a_r, t_r, m_r = a[rows], t[rows], m[rows]
         # log P(X >= i + 1) in column i; columns past t are never read (the clamp only keeps them finite)
         log_miss = torch.log1p(-m_r[:, None] / (t_r[:, None] + m_r[:, None] - i).clamp(min=1)).cumsum(1)
@@ -234,9 +231,8 @@ def retrieval_metrics(query_features, gallery_features, query_ids, gallery_ids, 
 
 
 def _rank_all(q, g, qcode, gcode, chunk_size):
-    """(first-hit tie groups, APs) of the queries with a match, block by block, and the bool mask of those queries.
-
-    A first-hit tie group is a row (items strictly above it, non-matches in it, matches in it)."""
+    """(first-hit tie groups as rows (items above, non-matches in it, matches in it), APs) of the queries with a
+    match, block by block, and the bool mask of those queries."""
     n_gallery = g.shape[0]
     # Gallery sorted by id: the matches of a query with code c are order[start[c] : start[c] + count[c]].
     count = torch.bincount(gcode, minlength=int(qcode.max()) + 1)
