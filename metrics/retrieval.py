@@ -91,9 +91,17 @@ def _expected_precision(above, matches_above, group_matches, group_size):
     a, big_m, m, n = (x.double() for x in (above, matches_above, group_matches, group_size))
     alone = n == 1  # no tie: the plain (M + 1) / (above + 1), exactly
     c = torch.where(alone, 0.0, (m - 1) / (n - 1).clamp(min=1))
-    harmonic = torch.special.digamma(a + n + 1) - torch.special.digamma(a + 1)
-    tied = c + (big_m + 1 - c * (a + 1)) * harmonic / n
+    tied = c + (big_m + 1 - c * (a + 1)) * _harmonic_gap(a, n) / n
     return torch.where(alone, (big_m + 1) / (a + 1), tied)
+
+
+def _harmonic_gap(a, n):
+    """H(a + n) - H(a) = sum_{i = 1..n} 1 / (a + i), to ~1e-13 relative. A difference of digammas loses digits as
+    a grows (1e-9 at a = 1e6, multiplied by a in _expected_precision), so from a = 100 on it is the difference of
+    H's asymptotic series ln x + gamma + 1 / (2x) - 1 / (12x^2) + 1 / (120x^4), truncated below 1e-13 there."""
+    x, y = a.clamp(min=100), a + n
+    series = torch.log1p(n / x) - n / (2 * x * y) + (1 / x**2 - 1 / y**2) / 12 - (1 / x**4 - 1 / y**4) / 120
+    return torch.where(a < 100, torch.special.digamma(a + n + 1) - torch.special.digamma(a + 1), series)
 
 
 def _rank_by_comparison(sims, match_idx, valid, scratch):
