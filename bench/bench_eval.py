@@ -1,11 +1,12 @@
 """Speed and memory of the retrieval metrics (metrics/retrieval.py) vs a per-query python loop over the full matrix.
 
     .venv/bin/python bench/bench_eval.py                   # N = 2,000 / 10,000 vs the loop, 20,000 alone
-    .venv/bin/python bench/bench_eval.py --big=True        # also 100,000 x 100,000 (~5-10 min on 2 cores)
+    .venv/bin/python bench/bench_eval.py --big=True        # also 100,000 x 100,000 (~3-5 min on 2 cores)
 
-Random features (dim 512), ids = arange, so exactly one match per query, as the loop assumes. Each measurement
-runs in a fresh python process, so its peak RSS (resource.getrusage ru_maxrss) is its own. The last line is the
-headline. Figures and the machine they came from: .notes/BENCH_EVAL.md.
+Random features (dim 512), ids = arange, so exactly one match per query, as the loop assumes; and a collapsed
+model at N = 20,000 (every feature the same vector, so every score ties: R@1 must come out 1 / N). Each
+measurement runs in a fresh python process, so its peak RSS (resource.getrusage ru_maxrss) is its own. The last
+line is the headline. Figures and the machine they came from: BENCHMARKS.md.
 """
 import json
 import os
@@ -55,6 +56,8 @@ def measure(what, n, threads, dim):
     text = torch.randn(n, dim, generator=g)
     image = torch.randn(n, dim, generator=g) + 0.1 * text  # related, so recall is neither 0 nor 1
     ids = torch.arange(n)
+    if what == "collapsed":
+        text = image = text[:1].repeat(n, 1)
     # warm-up on a tiny input: the first call pays torch's one-off kernel/thread-pool setup, not the method
     small = torch.randn(16, dim, generator=g)
     loop_recall(small, small, ks) if what == "loop" else compute_recall_at_k(small, small, ks=ks)
@@ -64,7 +67,7 @@ def measure(what, n, threads, dim):
         metrics = loop_recall(image, text, ks)
     elif what == "ours":
         metrics = compute_recall_at_k(image, text, ids, ids, ks=ks)
-    else:  # one direction, text -> image, every metric
+    else:  # "one_direction", "collapsed": text -> image, every metric
         m = retrieval_metrics(text, image, ids, ids, ks=ks)
         metrics = {k: v for k, v in m.items() if k not in ("ranks", "matched")}
     seconds = time.perf_counter() - t
@@ -104,9 +107,14 @@ def main():
             f"{r['n']:>8} {'retrieval_metrics t2i':<28} {r['seconds']:>9.2f} {r['peak_rss_gb']:>12.2f} "
             f"{'':>8} {r['R@1']:>8.3f}   (inputs alone {r['inputs_rss_gb']:.2f} GB, mAP {r['mAP']:.3f})"
         )
+    flat = run_child("collapsed", cfg["n_mid"], cfg)
+    print(
+        f"{flat['n']:>8} {'collapsed model, t2i':<28} {flat['seconds']:>9.2f} {flat['peak_rss_gb']:>12.2f} "
+        f"{'':>8} {flat['R@1']:>8.1e}   (chance 1/N = {1 / flat['n']:.1e}, mean rank {flat['mean_rank']:.1f})"
+    )
     n_top = max(cfg["ns_vs_loop"])
     head = f"speedup vs the python loop at N={n_top}: {speedups[n_top]:.1f}x"
-    head += f"; N={cfg['n_mid']} one direction in {rows[0]['seconds']:.1f} s"
+    head += f"; N={cfg['n_mid']} one direction in {rows[0]['seconds']:.1f} s, collapsed {flat['seconds']:.1f} s"
     if cfg["big"]:
         head += f"; N={cfg['n_big']} peak RSS {rows[-1]['peak_rss_gb']:.1f} GB in {rows[-1]['seconds']:.0f} s"
     else:
