@@ -342,10 +342,19 @@ def load_for_eval(checkpoint=None, clip_model=None, clip_weights=None, device="c
         wrapper, preprocess, ckpt = load_checkpoint(checkpoint, device, clip_weights=clip_weights)
         cfg = ckpt["config"]
         run_name = Path(checkpoint).resolve().parent.name
-        label = f"{model_label(cfg['clip_model'])}, {cfg['train_mode']} ({run_name}/{Path(checkpoint).name})"
+        label = (f"{model_label(cfg['clip_model'])}{weights_note(ckpt.get('clip_fingerprint'))}, {cfg['train_mode']} "
+                 f"({run_name}/{Path(checkpoint).name})")
         run = {"data_jsonl": cfg.get("data_jsonl", DEFAULT_JSONL), "run_dir": Path("logs") / run_name, "config": cfg}
         return wrapper, preprocess, label, run
     model, preprocess = load_clip(clip_model, device, weights=clip_weights)
     run = {"data_jsonl": DEFAULT_JSONL, "run_dir": Path("logs") / f"zero_shot-{clip_model.replace('/', '-')}",
            "config": None}
-    return CLIPWrapper(model, "zero_shot").eval(), preprocess, f"{model_label(clip_model)}, zero-shot", run
+    label = f"{model_label(clip_model)}{weights_note(clip_fingerprint(clip_model, clip_weights))}, zero-shot"
+    return CLIPWrapper(model, "zero_shot").eval(), preprocess, label, run
+
+
+def weights_note(fingerprint):
+    """' (ViT-B-32.pt, sha256 of its first MB 1a2b3c4d5e6f)': which weights file a label's model came from."""
+    if not fingerprint:
+        return ""
+    return f" ({fingerprint['file']}, sha256 of its first MB {fingerprint['sha256_first_mb'][:12]})"

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import torch
 
-from models.clip_wrapper import CLIPWrapper, clip_fingerprint, load_clip, model_label, read_checkpoint
+from models.clip_wrapper import (CLIPWrapper, clip_fingerprint, load_clip, model_label, read_checkpoint,
+                                 weights_note)
 from utils import param_groups, rank_zero_first
 
 
@@ -35,8 +36,7 @@ class ClipTask:
         self.wrapper = CLIPWrapper(model, cfg["train_mode"]).to(dev)
         fingerprint = clip_fingerprint(cfg["clip_model"], cfg["clip_weights"] or None)
         self.provenance = {"clip_fingerprint": fingerprint}
-        self.label = model_label(cfg["clip_model"]) + (
-            f" ({fingerprint['file']}, sha256 of its first MB {fingerprint['sha256_first_mb'][:12]})" if fingerprint else "")
+        self.label = model_label(cfg["clip_model"]) + weights_note(fingerprint)
 
     def trains(self):
         return self.cfg["train_mode"] != "zero_shot"

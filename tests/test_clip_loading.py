@@ -4,6 +4,7 @@ OpenAI's, at the real ViT-B/32 size where the path differs from the tiny one."""
 import copy
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -112,7 +113,7 @@ def test_vit_b32_state_dict_loads_and_a_wrong_name_is_an_error(b32):
         load_for_eval(clip_model="ViT-L/14", clip_weights=str(path))
     assert "ViT-L/14" in str(err.value) and "ViT-B/32" in str(err.value) and str(path) in str(err.value)
     _, _, label, _ = load_for_eval(clip_model="ViT-B/32", clip_weights=str(path))
-    assert label == "CLIP ViT-B/32, zero-shot"
+    assert re.fullmatch(r"CLIP ViT-B/32 \(ViT-B-32\.pt, sha256 of its first MB [0-9a-f]{12}\), zero-shot", label)
 
 
 def test_weights_fingerprint(tmp_path):
@@ -144,7 +145,8 @@ def test_full_checkpoint_loads_after_its_base_file_is_deleted(b32, tmp_path):
                             weights_fingerprint(base), logs_dir="/elsewhere", run_name="../../evil")
     base.unlink()
     wrapper, _, label, run = load_for_eval(str(ckpt))
-    assert label == "CLIP ViT-B/32, full (run1/best.pt)"
+    assert re.fullmatch(r"CLIP ViT-B/32 \(ViT-B-32\.pt, sha256 of its first MB [0-9a-f]{12}\), full \(run1/best\.pt\)",
+                        label)  # names the weights file the run started from, although that file is gone
     assert run["run_dir"] == Path("logs") / "run1"  # from the command line, not from the file
     assert wrapper.logit_scale.item() == 3.0
     for got, ref in zip(embed(wrapper.model, 224), want):

@@ -29,5 +29,6 @@ def test_vit_b32_one_step_checkpoint_stands_alone(tmp_path, synthetic_jsonl):
     weights.unlink()  # the checkpoint holds every tensor: no base file needed
     assert eval_recall.main(["--checkpoint", str(best), "--split", "test", "--data_jsonl", str(synthetic_jsonl),
                              "--out_dir", str(tmp_path / "eval"), "--num_workers", "0"]) == 0
-    metrics = json.loads((tmp_path / "eval/results.json").read_text())["metrics"]
-    assert 0 <= metrics["text2image_R@1"] <= 1 and out["val"]
+    report = json.loads((tmp_path / "eval/results.json").read_text())
+    assert 0 <= report["metrics"]["text2image_R@1"] <= 1 and out["val"]
+    assert "ViT-B-32.pt, sha256 of its first MB" in report["model"]  # the evaluation names the weights too
