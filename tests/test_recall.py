@@ -32,6 +32,14 @@ def cosines(query, gallery):
     return np.array([[math.fsum(qi * gj) for gj in g] for qi in q])
 
 
+def matched_queries(query, gallery, query_ids, gallery_ids):
+    """(cosines, [(query row, is_match per gallery item)] of the queries with a match, number without one)."""
+    sim = cosines(query, gallery)
+    rows = [(i, [query_ids[i] == gallery_ids[j] for j in range(len(sim[i]))]) for i in range(len(sim))]
+    ranked = [(i, m) for i, m in rows if any(m)]
+    return sim, ranked, len(rows) - len(ranked)
+
+
 def summarise(per_query, n_no_match, ks):
     """per_query: (P(first hit in top k) for each k, expected first-hit rank, expected AP), one per ranked query."""
     out = {f"R@{k}": statistics.mean(float(r[0][k]) for r in per_query) for k in ks}
@@ -48,13 +56,9 @@ def reference(query, gallery, query_ids, gallery_ids, ks=KS):
     """Plain loops over the float64 cosine matrix, tie group by tie group, in exact fractions. Ties count as a
     uniformly random order of each group: the first hit from the law of X (non-matches of the group placed before
     its first match), AP place by place. Checked against every order of small galleries in all_orders()."""
-    sim = cosines(query, gallery)
-    per_query, n_no_match = [], 0
-    for i in range(len(sim)):
-        is_match = [query_ids[i] == gallery_ids[j] for j in range(len(sim[i]))]
-        if not any(is_match):
-            n_no_match += 1
-            continue
+    sim, ranked, n_no_match = matched_queries(query, gallery, query_ids, gallery_ids)
+    per_query = []
+    for i, is_match in ranked:
         by_score = {}  # (items, matches) per distinct score
         for j, score in enumerate(sim[i].tolist()):
             n, m = by_score.get(score, (0, 0))
@@ -85,13 +89,9 @@ def reference(query, gallery, query_ids, gallery_ids, ks=KS):
 def all_orders(query, gallery, query_ids, gallery_ids, ks=KS):
     """The expectation by brute force: every one of the N! orders of the gallery, sorted by score with a stable
     sort, so each order of each tie group comes up equally often. Small galleries only (N <= 7)."""
-    sim = cosines(query, gallery)
-    per_query, n_no_match = [], 0
-    for i in range(len(sim)):
-        is_match = [query_ids[i] == gallery_ids[j] for j in range(len(sim[i]))]
-        if not any(is_match):
-            n_no_match += 1
-            continue
+    sim, ranked, n_no_match = matched_queries(query, gallery, query_ids, gallery_ids)
+    per_query = []
+    for i, is_match in ranked:
         firsts, aps = [], []
         for perm in itertools.permutations(range(len(sim[i]))):
             order = sorted(perm, key=lambda j: -sim[i, j])
