@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models.clip_wrapper import load_checkpoint
+from models.clip_wrapper import read_checkpoint
 from tasks.captioner import Captioner
 from train import configure, fit
 from utils import get_device
@@ -92,7 +92,7 @@ def main(argv=None):
     if not Path(cfg["clip_checkpoint"]).is_file():
         raise FileNotFoundError(f"--clip_checkpoint={cfg['clip_checkpoint']}: not found (train a CLIP with train.py first)")
     if not cfg["data_jsonl"]:
-        cfg["data_jsonl"] = load_checkpoint(cfg["clip_checkpoint"])[2]["config"]["data_jsonl"]
+        cfg["data_jsonl"] = read_checkpoint(cfg["clip_checkpoint"])["config"]["data_jsonl"]  # no model built here
     if not cfg["run_name"]:
         cfg["run_name"] = f"{time.strftime('%Y%m%d-%H%M%S')}-captioner-{Path(cfg['clip_checkpoint']).parent.name}"
     task = Captioner(cfg)

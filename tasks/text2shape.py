@@ -6,7 +6,7 @@ never runs the encoders. Validation: Recall@K both ways on the val split, shapes
 """
 import torch
 
-from features import cached_features, encode_dataset
+from features import cached_features, encode_split
 from models.clip_wrapper import tokenize
 from models.losses import build_loss
 from multiview_dataset import EpochSampler, MultiViewDataset, SeededDraws
@@ -111,12 +111,12 @@ class Text2Shape(ClipTask):
     def validate(self):
         cfg, w = self.cfg, self.wrapper
         if self.val_cache is not None:
-            feats, ds = self.val_cache
+            feats = self.val_cache[0]
             feats = dict(feats, image=w.project_image(feats["image"].to(self.dev)).float().cpu(),
                          text=w.project_text(feats["text"].to(self.dev)).float().cpu())
         else:
-            ds = MultiViewDataset(cfg["data_jsonl"], "val", self.preprocess, mode="eval")
-            feats = encode_dataset(w, ds, self.dev, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
+            feats, _ = encode_split(w, self.preprocess, cfg["data_jsonl"], "val", self.dev, cfg["batch_size"],
+                                    cfg["num_workers"])
         metrics = evaluate_retrieval(feats["image"], feats["image_model"], feats["text"], feats["text_model"])
         recalls = [v for k, v in metrics.items() if "_R@" in k and "/" not in k]
         metrics["mean_recall"] = float(sum(recalls) / len(recalls))
