@@ -372,11 +372,14 @@ def test_configure_gl_only_fills_in_defaults(monkeypatch):
 
 
 def test_one_renderer_module_under_every_name():
-    """The CLI, the library and its fork-safety flag are one module, whichever way they are imported."""
+    """The worker pool (what the CLI renders with), the library and its fork-safety flag are one module,
+    whichever way they are imported."""
     import importlib
 
-    assert render_objs.OffscreenRenderer is render.OffscreenRenderer
+    from meshes import render_pool
+
+    assert render_pool.OffscreenRenderer is render.OffscreenRenderer
     assert importlib.import_module("meshes.render") is render
     with render.OffscreenRenderer(16, 16):
         pass
-    assert render_objs.gl_context_made() and render.gl_context_made()
+    assert render_pool.gl_context_made() and render.gl_context_made()
