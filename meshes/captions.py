@@ -178,14 +178,13 @@ def singular(noun):
 
 
 def parts_phrase(parts):
-    """{'shelves': 5, 'drawers': 2} -> 'two drawers and five shelves' (singular for one)."""
+    """{'shelves': 5, 'drawers': 2, 'arms': 0} -> 'no arms, two drawers and five shelves' (singular for one): a
+    count of 0 is said too, because "no arms" tells a model apart as much as "two arms"."""
     items = []
     for part, n in sorted((parts or {}).items()):
-        if not isinstance(n, int) or n <= 0:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             continue
-        word = number_word(n)
-        noun = part if n > 1 else singular(part)
-        items.append(f"{word} {noun}")
+        items.append(f"no {part}" if n == 0 else f"{number_word(n)} {part if n > 1 else singular(part)}")
     if not items:
         return None
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
@@ -200,23 +199,28 @@ def caption_noun(category, attributes):
 
 
 def build_captions(category, attributes, name=None):
-    """True captions of one model from what is known: category, name, colour, proportions, parts. A model
-    known only by its category gets the one caption that says so ("a chair")."""
+    """True captions of one model from what is known: category, name, colours, proportions, parts. Some name no
+    colour, so that a model is also found by its shape. A model known only by its category gets the one caption
+    that says so ("a chair")."""
     noun = caption_noun(category, attributes)
-    color, shape = attributes.get("color"), attributes.get("shape")
+    color, second, shape = attributes.get("color"), attributes.get("second_color"), attributes.get("shape")
+    colors = f"{color} and {second}" if color and second else color
     parts = parts_phrase(attributes.get("parts"))
-    adj = " ".join(w for w in (shape, color) if w)
-    art = with_article
-    caps = [art(f"{adj} {noun}".strip())]
-    if color:
-        caps.append(f"{art(noun)} in {color}")
+
+    def art(*words):
+        return with_article(" ".join(w for w in words if w))
+
+    caps = [art(shape, color, noun)]
+    if colors:
+        caps.append(f"{art(noun)} in {colors}")
     if parts:
-        caps.append(f"{art(f'{adj} {noun}'.strip())} with {parts}")
+        caps.append(f"{art(shape, colors, noun)} with {parts}")
+        caps.append(f"{art(shape, noun)} with {parts}")
         caps.append(f"{art(noun)} with {parts}")
     if shape and color:
-        caps.append(f"{art(f'{color} {noun}')} that is {shape}")
+        caps.append(f"{art(color, noun)} that is {shape}")
     if name:
-        caps.append(f"the {name} {noun}" + (f" in {color}" if color else ""))
+        caps.append(f"the {name} {noun}" + (f" in {colors}" if colors else ""))
     return list(dict.fromkeys(caps))  # unique, order kept
 
 

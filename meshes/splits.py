@@ -11,6 +11,7 @@ name without its `_<n>` suffix) is one unit: it never straddles two splits. Seri
 """
 import hashlib
 import json
+import math
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +20,15 @@ from utils import atomic_write
 
 SPLIT_NAMES = ("train", "val", "test")
 VARIANT = re.compile(r"_[1-9]\d{0,2}$")
+
+
+def parse_fractions(text):
+    """'0.8,0.1,0.1' -> [0.8, 0.1, 0.1]; ValueError unless three finite non-negative fractions summing to 1."""
+    fractions = [float(x) for x in text.split(",")]
+    if len(fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in fractions) \
+            or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError("expected three non-negative fractions summing to 1")
+    return fractions
 
 
 def model_family(model_id):

@@ -1,18 +1,19 @@
-"""Procedural toy furniture for the 9 Pix3D categories, built from boxes, cylinders and lathed profiles.
+"""Procedural toy furniture for the 9 Pix3D categories, built from boxes, cylinders and lathed profiles: one
+builder per category. meshes/toy_design.py draws the colours, calls these and records the attributes:
 
-    from meshes.toy_furniture import build_model
+    from meshes.toy_design import build_model
     parts, attributes = build_model("chair", np.random.default_rng(0))
 
-Model frame: metres, +y up, the front of the furniture faces +z, bounding box centred at the origin. Parts
-are painted only with COLOR_WORDS colours, so the colour recorded in the attributes is the word its captions
-use. Everything is drawn from the rng passed in: the same rng state gives the same model.
+Builder frame: metres, +y up, the front of the furniture faces +z, the floor at y=0. Parts are painted only
+with COLOR_WORDS colours, so a colour recorded in the attributes is the word its captions use. Everything is
+drawn from the rng passed in, every draw made whatever its value is used for: the same rng state gives the same
+model, and an override (_Parts.choose) changes one attribute and nothing else.
 """
 import math
 
 import numpy as np
 import trimesh
 
-from meshes.captions import COLOR_WORDS
 
 CATEGORIES = ["bed", "bookcase", "chair", "desk", "misc", "sofa", "table", "tool", "wardrobe"]
 # Part kinds that are counted in attributes["parts"] -> the key they are counted under. The OBJ holds
@@ -43,8 +44,14 @@ def _lathe(profile, sections=24):
 class _Parts:
     """Collects (mesh, colour) parts, naming each mesh <kind>_<i> in mesh.metadata['part']."""
 
-    def __init__(self):
-        self.items, self.counts = [], {}
+    def __init__(self, trim, overrides=None):
+        self.items, self.counts, self.overrides = [], {}, dict(overrides or {})
+        self.trim = trim  # handles, metal parts, feet: a third colour, small in area
+
+    def choose(self, key, drawn):
+        """`drawn` unless the overrides set `key`. Builders draw every value first, so an override changes
+        that one attribute and leaves every other draw of the model as it was (edit pairs rely on it)."""
+        return self.overrides.get(key, drawn)
 
     def add(self, kind, color, *meshes):
         mesh = meshes[0] if len(meshes) == 1 else trimesh.util.concatenate(list(meshes))
@@ -62,11 +69,6 @@ def _pick(rng, options, p=None):
     return options[int(rng.choice(len(options), p=p))]
 
 
-def _contrast(color):
-    """A colour that stands out against `color` (handles, metal parts, feet)."""
-    return "gray" if color == "black" else "black"
-
-
 def _corner_legs(m, color, width, depth, height, inset, side=.05):
     """Four square legs from the floor up to `height`, their centres `inset` in from the corners of a
     width x depth footprint."""
@@ -79,12 +81,12 @@ def _corner_legs(m, color, width, depth, height, inset, side=.05):
 # ----------------------------------------------------------------------------- one builder per category
 # Each builder fills `m` in a frame with the floor at y=0 and the front at +z; returns (parts dict, style).
 def _chair(m, rng, main, accent):
-    style = _pick(rng, ["dining", "office", "armchair"])
+    style = m.choose("style", _pick(rng, ["dining", "office", "armchair"]))
     if style == "dining":
         w, d, seat_h, back_h = _u(rng, .40, .52), _u(rng, .42, .55), _u(rng, .43, .48), _u(rng, .38, .55)
         st, lt = .04, _u(rng, .03, .045)
         xs, zs = w / 2 - lt / 2, d / 2 - lt / 2
-        n_legs = _pick(rng, [3, 4], [.25, .75])
+        n_legs = m.choose("legs", _pick(rng, [3, 4], [.25, .75]))
         feet = [(-xs, zs), (xs, zs), (-xs, -zs), (xs, -zs)] if n_legs == 4 else [(-xs, zs), (xs, zs), (0, -zs)]
         for x, z in feet:
             m.add("leg", main, _box((lt, seat_h - st, lt), (x, (seat_h - st) / 2, z)))
@@ -100,7 +102,7 @@ def _chair(m, rng, main, accent):
             for i in range(n_slats):
                 x = -inner / 2 + inner * (i + 1) / (n_slats + 1)
                 m.add("slat", main, _box((.025, back_h - rail, .02), (x, seat_h + (back_h - rail) / 2, zb)))
-        n_arms = _pick(rng, [0, 2], [.7, .3])
+        n_arms = m.choose("arms", _pick(rng, [0, 2], [.7, .3]))
         for s in ([-1, 1] if n_arms else []):
             m.add("arm", main, _box((.04, .03, d * .85), (s * (w / 2 - .02), seat_h + .22, .075 * d)),
                   _box((.03, .22, .03), (s * (w / 2 - .02), seat_h + .11, d / 2 - .05)))
@@ -112,7 +114,7 @@ def _chair(m, rng, main, accent):
         return parts, style
     if style == "office":
         w, d, seat_h, back_h = _u(rng, .46, .56), _u(rng, .45, .52), _u(rng, .45, .52), _u(rng, .45, .7)
-        st, base_c = .07, _contrast(main)
+        st, base_c = .07, m.trim
         spokes = []
         for k in range(5):  # star base: five spokes around a gas-lift column
             spoke = _box((.05, .03, .3), (0, .05, .15))
@@ -122,7 +124,7 @@ def _chair(m, rng, main, accent):
         m.add("seat", main, _box((w, st, d), (0, seat_h - st / 2, 0)))
         m.add("back", main, _box((w * .92, back_h, .06), (0, seat_h + .06 + back_h / 2, -d / 2 + .03)),
               _box((.06, .1, .03), (0, seat_h + .03, -d / 2 + .015)))
-        n_arms = _pick(rng, [0, 2], [.45, .55])
+        n_arms = m.choose("arms", _pick(rng, [0, 2], [.45, .55]))
         for s in ([-1, 1] if n_arms else []):
             m.add("arm", base_c, _box((.03, .2, .04), (s * (w / 2 + .02), seat_h + .1, 0)),
                   _box((.06, .03, d * .55), (s * (w / 2 + .02), seat_h + .215, .02)))
@@ -130,8 +132,8 @@ def _chair(m, rng, main, accent):
     # armchair: upholstered block with a thick back, usually arms, short dark feet
     w, d, leg_h = _u(rng, .7, .9), _u(rng, .72, .88), _u(rng, .06, .14)
     seat_h, h, back_t, cush_t = _u(rng, .38, .45), _u(rng, .75, .95), _u(rng, .14, .2), .1
-    n_arms = _pick(rng, [0, 2], [.2, .8])
-    arm_w, arm_h = (_u(rng, .1, .16) if n_arms else 0.0), seat_h + _u(rng, .15, .22)
+    n_arms = m.choose("arms", _pick(rng, [0, 2], [.2, .8]))
+    arm_w, arm_h = _u(rng, .1, .16) * bool(n_arms), seat_h + _u(rng, .15, .22)
     y_base = seat_h - cush_t
     m.add("base", main, _box((w, y_base - leg_h, d), (0, (leg_h + y_base) / 2, 0)))
     m.add("seat_cushion", main if rng.random() < .7 else accent,
@@ -140,17 +142,17 @@ def _chair(m, rng, main, accent):
     for s in ([-1, 1] if n_arms else []):
         m.add("arm", main, _box((arm_w, arm_h - y_base, d - back_t),
                                 (s * (w / 2 - arm_w / 2), (y_base + arm_h) / 2, back_t / 2)))
-    _corner_legs(m, _contrast(main), w, d, leg_h, .04)
+    _corner_legs(m, m.trim, w, d, leg_h, .04)
     return {"legs": 4, "arms": n_arms}, style
 
 
 def _table(m, rng, main, accent):
-    style = _pick(rng, ["dining", "round", "coffee"])
+    style = m.choose("style", _pick(rng, ["dining", "round", "coffee"]))
     leg_c = main if rng.random() < .6 else accent
     if style == "round":
         r, h, tt = _u(rng, .4, .6), _u(rng, .72, .76), .04
         m.add("top", main, _cyl(r, h - tt, h, sections=32))
-        n_legs = _pick(rng, [1, 3, 4])
+        n_legs = m.choose("legs", _pick(rng, [1, 3, 4]))
         if n_legs == 1:  # pedestal: column on a base disc
             m.add("leg", leg_c, _cyl(.05, .03, h - tt), _cyl(.25, 0, .03, sections=24))
         for k in range(n_legs if n_legs > 1 else 0):
@@ -169,7 +171,7 @@ def _table(m, rng, main, accent):
             m.add("leg", leg_c, _box((lt, h - tt, lt), (x, (h - tt) / 2, z)))
     if style == "dining":
         return {"legs": 4}, style
-    n_shelves = _pick(rng, [0, 1])
+    n_shelves = m.choose("shelves", _pick(rng, [0, 1]))
     if n_shelves:
         m.add("shelf", main, _box((2 * xs, .02, 2 * zs), (0, .12, 0)))
     return {"legs": 4, "shelves": n_shelves}, style
@@ -177,16 +179,16 @@ def _table(m, rng, main, accent):
 
 def _desk(m, rng, main, accent):
     w, d, h, tt = _u(rng, 1.0, 1.6), _u(rng, .55, .8), _u(rng, .72, .77), .03
-    under, n_dr, n_legs = h - tt, _pick(rng, [0, 1, 2, 3, 4], [.25, .15, .2, .2, .2]), 0
+    under, n_dr, n_legs = h - tt, m.choose("drawers", _pick(rng, [0, 1, 2, 3, 4], [.25, .15, .2, .2, .2])), 0
     m.add("top", main, _box((w, tt, d), (0, h - tt / 2, 0)))
+    pw = _u(rng, .38, .45)
     if n_dr:  # drawer pedestal on the right, accent-coloured fronts with dark handles
-        pw = _u(rng, .38, .45)
         px, dh = w / 2 - pw / 2 - .01, (under - .04) / n_dr
         m.add("pedestal", main, _box((pw, under, d - .04), (px, under / 2, -.02)))
         for i in range(n_dr):
             y = .04 + dh * i + dh / 2
             m.add("drawer", accent, _box((pw - .02, dh - .012, .02), (px, y, d / 2 - .03)))
-            m.add("handle", _contrast(accent), _box((.1, .015, .02), (px, y + dh * .25, d / 2 - .01)))
+            m.add("handle", m.trim, _box((.1, .015, .02), (px, y + dh * .25, d / 2 - .01)))
         left = [-1]
     else:
         left = [-1, 1]
@@ -203,8 +205,10 @@ def _desk(m, rng, main, accent):
 
 
 def _bookcase(m, rng, main, accent):
-    n = int(rng.integers(2, 7))  # shelves = levels you can put books on (bottom board included)
+    drawn = int(rng.integers(2, 7))  # shelves = levels you can put books on (bottom board included)
     level, plinth, t = _u(rng, .26, .36), _u(rng, .05, .09), _u(rng, .018, .025)
+    n = m.choose("shelves", drawn)
+    level *= drawn / n  # another shelf count divides the same height
     w, d = _u(rng, .4, 1.2), _u(rng, .25, .4)
     h = plinth + n * level + t
     for s in (-1, 1):
@@ -223,8 +227,8 @@ def _bookcase(m, rng, main, accent):
 def _wardrobe(m, rng, main, accent):
     w, h, d, base_h = _u(rng, .6, 1.8), _u(rng, 1.7, 2.2), _u(rng, .5, .62), .08
     n_doors = int(rng.integers(max(1, math.ceil(w / .8)), min(3, int(w / .3)) + 1))  # doors .3-.8 m wide
-    n_dr = _pick(rng, [0, 1, 2], [.5, .25, .25])
-    handle_c, zf, dh, gap = _contrast(main), d / 2 - .01, .2, .012
+    n_dr = m.choose("drawers", _pick(rng, [0, 1, 2], [.5, .25, .25]))
+    handle_c, zf, dh, gap = m.trim, d / 2 - .01, .2, .012
     m.add("body", main, _box((w, h - base_h, d - .02), (0, (base_h + h) / 2, -.01)))
     m.add("base", main, _box((w - .04, base_h, d - .06), (0, base_h / 2, -.01)))
     for i in range(n_dr):
@@ -258,8 +262,8 @@ def _bed_level(m, rng, w, l, y, rail_h, t, main, bedding, n_pillows):
 
 
 def _bed(m, rng, main, accent):
-    style = _pick(rng, ["single", "double", "bunk"], [.4, .4, .2])
-    bedding = _pick(rng, [c for c in ("white", "beige", "gray") if c != main])
+    style = m.choose("style", _pick(rng, ["single", "double", "bunk"], [.4, .4, .2]))
+    bedding = accent  # mattress and pillows
     t = .05
     if style == "bunk":  # four posts, two levels, guard rails and a ladder at the foot end (+z)
         w, l, h = _u(rng, .9, 1.0), _u(rng, 1.95, 2.05), _u(rng, 1.5, 1.75)
@@ -276,12 +280,12 @@ def _bed(m, rng, main, accent):
     w = _u(rng, .9, 1.05) if style == "single" else _u(rng, 1.4, 1.85)
     l, rail_h = _u(rng, 1.95, 2.15), _u(rng, .22, .32)
     n_legs = _pick(rng, [0, 4], [.4, .6])
-    leg_h = _u(rng, .08, .18) if n_legs else 0.0
-    n_pillows = 1 if style == "single" else _pick(rng, [1, 2], [.3, .7])
+    leg_h = _u(rng, .08, .18) * bool(n_legs)
+    n_pillows = m.choose("pillows", _pick(rng, [1, 2], [.3, .7]) if style == "double" else 1)
     _bed_level(m, rng, w, l, leg_h, rail_h, t, main, bedding, n_pillows)
     hb_h = _u(rng, .8, 1.2)
     m.add("headboard", main, _box((w, hb_h, .06), (0, hb_h / 2, -l / 2 - .03)))
-    n_foot = _pick(rng, [0, 1], [.6, .4])
+    n_foot = m.choose("footboards", _pick(rng, [0, 1], [.6, .4]))
     if n_foot:
         fb_h = _u(rng, .4, .6)
         m.add("footboard", main, _box((w, fb_h, .05), (0, fb_h / 2, l / 2 + .025)))
@@ -291,9 +295,9 @@ def _bed(m, rng, main, accent):
 
 
 def _sofa(m, rng, main, accent):
-    n_c, cw = _pick(rng, [1, 2, 3], [.15, .45, .4]), _u(rng, .55, .7)
-    n_arms = _pick(rng, [0, 2], [.2, .8])
-    arm_w = _u(rng, .12, .22) if n_arms else 0.0
+    n_c, cw = m.choose("cushions", _pick(rng, [1, 2, 3], [.15, .45, .4])), _u(rng, .55, .7)
+    n_arms = m.choose("arms", _pick(rng, [0, 2], [.2, .8]))
+    arm_w = _u(rng, .12, .22) * bool(n_arms)
     w, d, h = n_c * cw + n_arms * arm_w, _u(rng, .8, .95), _u(rng, .75, .9)
     seat_h, leg_h, ch, back_t = _u(rng, .4, .46), _u(rng, .05, .12), _u(rng, .1, .15), _u(rng, .15, .22)
     y_base, arm_h = seat_h - ch, seat_h + _u(rng, .15, .22)
@@ -308,12 +312,12 @@ def _sofa(m, rng, main, accent):
     for s in ([-1, 1] if n_arms else []):
         m.add("arm", main, _box((arm_w, arm_h - y_base, d - back_t),
                                 (s * (w / 2 - arm_w / 2), (y_base + arm_h) / 2, back_t / 2)))
-    _corner_legs(m, _contrast(main), w, d, leg_h, .05)
+    _corner_legs(m, m.trim, w, d, leg_h, .05)
     return {"cushions": n_c, "arms": n_arms, "legs": 4}, None
 
 
 def _misc(m, rng, main, accent):
-    style = _pick(rng, ["floor lamp", "table lamp", "vase", "stool"])
+    style = m.choose("style", _pick(rng, ["floor lamp", "table lamp", "vase", "stool"]))
     if style.endswith("lamp"):
         floor = style == "floor lamp"
         h = _u(rng, 1.4, 1.8) if floor else _u(rng, .4, .65)
@@ -329,7 +333,7 @@ def _misc(m, rng, main, accent):
         m.add("body", main, _lathe([(0, 0), (r0, 0), (belly, h * _u(rng, .3, .5)), (neck, h * _u(rng, .75, .85)),
                                     (neck * _u(rng, 1.0, 1.4), h), (0, h)]))
         return {}, style
-    h, r, st, n_legs = _u(rng, .45, .75), _u(rng, .15, .2), .04, _pick(rng, [3, 4])
+    h, r, st, n_legs = _u(rng, .45, .75), _u(rng, .15, .2), .04, m.choose("legs", _pick(rng, [3, 4]))
     seat = _cyl(r, h - st, h, sections=24) if rng.random() < .6 else _box((2 * r, st, 2 * r), (0, h - st / 2, 0))
     m.add("seat", main, seat)
     leg_c = main if rng.random() < .6 else accent
@@ -340,7 +344,7 @@ def _misc(m, rng, main, accent):
 
 
 def _tool(m, rng, main, accent):
-    style, metal = _pick(rng, ["hammer", "wrench", "screwdriver"]), ("gray" if main != "gray" else "black")
+    style, metal = m.choose("style", _pick(rng, ["hammer", "wrench", "screwdriver"])), accent
     if style == "hammer":  # upright: handle along +y, head across the top
         L, r = _u(rng, .25, .35), _u(rng, .013, .018)
         m.add("handle", main, _cyl(r, 0, L - .01, sections=12))  # ends inside the head: no coplanar caps
@@ -361,51 +365,3 @@ def _tool(m, rng, main, accent):
 
 BUILDERS = {"bed": _bed, "bookcase": _bookcase, "chair": _chair, "desk": _desk, "misc": _misc,
             "sofa": _sofa, "table": _table, "tool": _tool, "wardrobe": _wardrobe}
-
-
-def color_areas(parts):
-    """{colour: surface area} over a list of (mesh, colour)."""
-    areas = {}
-    for mesh, color in parts:
-        areas[color] = areas.get(color, 0.0) + float(mesh.area)
-    return areas
-
-
-def build_model(category, rng):
-    """One random model of `category`: (list of (trimesh part mesh, colour name), attributes dict).
-
-    Each part mesh carries its name (<kind>_<i>) in mesh.metadata['part']. The model is centred on its
-    bounding box. attributes: category, color (the area-largest colour, over half the surface), colors
-    (area fractions), parts (counts), size (metres), style (when the category has one).
-    """
-    if category not in BUILDERS:
-        raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
-    names = list(COLOR_WORDS)
-    main = _pick(rng, names)
-    accent = _pick(rng, [c for c in names if c != main])
-    m = _Parts()
-    counts, style = BUILDERS[category](m, rng, main, accent)
-    parts = m.items
-    # The recorded colour must be what a render shows: repaint the largest other-coloured part in the
-    # main colour until the main colour covers more than half of the surface.
-    while True:
-        areas = color_areas(parts)
-        if areas.get(main, 0.0) > 0.5 * sum(areas.values()):
-            break
-        others = [i for i, (_, c) in enumerate(parts) if c != main]
-        parts[max(others, key=lambda i: parts[i][0].area)][1] = main
-    lo = np.min([mesh.bounds[0] for mesh, _ in parts], axis=0)
-    hi = np.max([mesh.bounds[1] for mesh, _ in parts], axis=0)
-    for mesh, _ in parts:
-        mesh.apply_translation(-(lo + hi) / 2)
-    total = sum(areas.values())
-    attrs = {
-        "category": category,
-        "color": main,
-        "colors": {c: round(a / total, 4) for c, a in sorted(areas.items(), key=lambda kv: -kv[1])},
-        "parts": {k: int(v) for k, v in counts.items()},
-        "size": {k: round(float(v), 3) for k, v in zip(("width", "height", "depth"), hi - lo)},
-    }
-    if style:
-        attrs["style"] = style
-    return [(mesh, color) for mesh, color in parts], attrs

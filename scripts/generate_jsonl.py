@@ -34,11 +34,13 @@ from meshes.captions import (build_captions, detail_captions, make_distinct, mea
                              readable_name, shape_word, size_classes, view_colors)
 from meshes.pix3d import (check_photos, find_views, group_entries, load_captions_json,  # noqa: E402
                           load_pix3d_json, model_id_of, read_views)
-from meshes.splits import assign_splits, read_splits, write_splits  # noqa: E402
+from meshes.splits import assign_splits, parse_fractions, read_splits, write_splits  # noqa: E402
 from utils import read_jsonl, write_jsonl  # noqa: E402
 
 LARGEST_K = 10  # the largest K of the Recall@K that evaluation reports; R@K of K models or fewer is always 1.0
 SECOND_COLOR = 0.25  # a second colour covering at least this fraction of the object is worth saying
+# what a jsonl row keeps of a model's attributes (toy models: "held_out" names the held-out combinations it shows)
+ATTRIBUTE_KEYS = ("color", "second_color", "shape", "style", "parts", "held_out", "variant_of", "edits")
 
 
 def model_attributes(obj, images, up="y"):
@@ -68,15 +70,6 @@ def model_attributes(obj, images, up="y"):
     attributes.setdefault("n_parts", measured.get("n_parts"))
     attributes["shape"] = shape_word(attributes.get("size"))
     return attributes
-
-
-def parse_fractions(text):
-    """'0.8,0.1,0.1' -> [0.8, 0.1, 0.1]; ValueError unless three finite non-negative fractions summing to 1."""
-    fractions = [float(x) for x in text.split(",")]
-    if len(fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in fractions) \
-            or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError("expected three non-negative fractions summing to 1")
-    return fractions
 
 
 def failed_models(renders_dir):
@@ -137,8 +130,7 @@ def add_captions(rows, human):
         row["candidates"] = detail_captions(row["category"], attributes)
     shared = make_distinct([r["captions"] for r in rows], [r.pop("candidates") for r in rows])
     for row in rows:
-        row["attributes"] = {k: row["attributes"].get(k) for k in ("color", "shape", "style", "parts")
-                             if row["attributes"].get(k)}
+        row["attributes"] = {k: row["attributes"].get(k) for k in ATTRIBUTE_KEYS if row["attributes"].get(k)}
     return [rows[i]["model_id"] for i in shared]
 
 

@@ -48,13 +48,19 @@ from meshes.captions import COLOR_WORDS  # noqa: E402
 from meshes.geometry import load_model, look_at  # noqa: E402
 from meshes.objfile import mtl_text, obj_text  # noqa: E402
 from meshes.render import OffscreenRenderer  # noqa: E402
-from meshes.toy_furniture import CATEGORIES, build_model  # noqa: E402
+from meshes.splits import SPLIT_NAMES, assign_splits, parse_fractions  # noqa: E402
+from meshes.toy_design import (HELD_OUT_COLOURS, HELD_OUT_PARTS, PALETTES, build_model, draw_model,  # noqa: E402
+                               held_out_in)
+from meshes.toy_edits import draw_edits, edit_overrides, invert, relative_caption  # noqa: E402
+from meshes.toy_furniture import CATEGORIES  # noqa: E402
 from utils import atomic_save_image, atomic_write, write_json  # noqa: E402
 
 VOXEL_RES = 32        # real Pix3D ships 128^3; 32^3 keeps the toy files small
 P_TRUNCATED = 0.10    # share of photos whose camera is shifted so the object leaves the frame
 P_OCCLUDED = 0.12     # share of photos with a rectangle painted over part of the object
 FOCAL_MM = (28.0, 50.0)
+P_EDITED = 0.35       # share of base models that get edit variants (one or two) for composed retrieval
+HELD_OUT_CYCLE = ("colour", "part", None)  # what the k-th test base model of a category is forced to show
 
 
 # ----------------------------------------------------------------------------- files of one model
@@ -239,12 +245,32 @@ def clean_output(out_dir):
             raise SystemExit(f"error: {foreign[0]} is not a toy model; refusing to overwrite {out_dir}")
     for sub in ("model", "img", "mask"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
+    # the design files, and the splits drawn for the previous models (a new design draws them anew)
+    for name in ["toy_design.json", "splits.json"] + [f"composed.{s}.json" for s in SPLIT_NAMES]:
+        (out_dir / name).unlink(missing_ok=True)
     if js.exists():
         js.unlink()
 
 
-def generate(out_dir, seed=0, models_per_category=35, photos_per_model=2, photo_size=256, categories=None,
-             progress=True):
+def plan(seed, categories, models_per_category, split_fractions, split_seed):
+    """[(category, name, base name or None, variant number)] of every model, and {model_id: split} as
+    generate_jsonl.py will draw it with the same fractions and seed (meshes/splits.py: a base and its variants,
+    TOY_X_0001 and TOY_X_0001_1, are one family, so a group never spans splits)."""
+    models = []
+    for category in categories:
+        c = CATEGORIES.index(category)
+        for i in range(models_per_category):
+            name = f"TOY_{category.upper()}_{i + 1:04d}"
+            rng = np.random.default_rng([seed, c, i, 2000])
+            n_variants = int(rng.random() < P_EDITED) * (1 + int(rng.random() < .5))
+            models.append((category, name, None, 0))
+            models += [(category, f"{name}_{v}", name, v) for v in range(1, n_variants + 1)]
+    split, _ = assign_splits({f"{c}/{n}": c for c, n, _, _ in models}, split_fractions, split_seed)
+    return models, split
+
+
+def generate(out_dir, seed=0, models_per_category=32, photos_per_model=2, photo_size=256, categories=None,
+             progress=True, split_fractions=(0.8, 0.1, 0.1), split_seed=0):
     """Write the toy dataset into `out_dir`; returns the pix3d.json entries."""
     from PIL import Image
     from tqdm import tqdm
@@ -255,49 +281,91 @@ def generate(out_dir, seed=0, models_per_category=35, photos_per_model=2, photo_
         raise ValueError(f"unknown categories {unknown}; expected a subset of {', '.join(CATEGORIES)}")
     out_dir = Path(out_dir)
     clean_output(out_dir)
-    entries = []
+    models, split = plan(seed, categories, models_per_category, split_fractions, split_seed)
+    entries, pairs, bases, n_photos = [], {s: [] for s in SPLIT_NAMES}, {}, {}
+    test_bases = {}  # category -> number of test base models so far: every third shows a held-out colour, ...
     renderer = OffscreenRenderer(photo_size, photo_size, (0, 0, 0))
-    bar = tqdm(total=len(categories) * models_per_category, desc="toy pix3d", unit="model", disable=not progress)
+    bar = tqdm(total=len(models), desc="toy pix3d", unit="model", disable=not progress)
     try:
-        for category in categories:
-            c = CATEGORIES.index(category)
-            for i in range(models_per_category):
-                name = f"TOY_{category.upper()}_{i + 1:04d}"
-                parts, attrs = build_model(category, np.random.default_rng([seed, c, i]))
-                folder = write_model(out_dir, category, name, parts, attrs)
-                verts = np.concatenate([mesh.vertices for mesh, _ in parts])
-                kps = np.loadtxt(folder / "3d_keypoints.txt", ndmin=2)
-                renderer.set_model(load_model(folder / "model.obj"))  # render what is on disk
-                rel = f"model/{category}/{name}"
-                for p in range(photos_per_model):
-                    rng = np.random.default_rng([seed, c, i, 1000 + p])
-                    img, mask, fields = render_photo(renderer, rng, verts, kps, photo_size)
-                    stem = f"{i * photos_per_model + p + 1:04d}.png"
-                    atomic_save_image(Image.fromarray(img), out_dir / "img" / category / stem)
-                    mask_img = Image.fromarray(mask.astype(np.uint8) * 255, "L")
-                    atomic_save_image(mask_img, out_dir / "mask" / category / stem)
-                    entries.append({
-                        "img": f"img/{category}/{stem}", "category": category, "img_size": [photo_size, photo_size],
-                        "2d_keypoints": fields.pop("2d_keypoints"), "mask": f"mask/{category}/{stem}",
-                        "img_source": "toy", "model": f"{rel}/model.obj", "model_raw": f"{rel}/model.obj",
-                        "model_source": "toy", "3d_keypoints": f"{rel}/3d_keypoints.txt", "voxel": f"{rel}/voxel.mat",
-                        **fields})
-                bar.update()
+        for category, name, base, v in models:
+            c, mid = CATEGORIES.index(category), f"{category}/{name}"
+            i = int((base or name).rsplit("_", 1)[1]) - 1
+            if base is None:
+                forced = None
+                if split[mid] == "test":
+                    k = test_bases[category] = test_bases.get(category, -1) + 1
+                    forced = HELD_OUT_CYCLE[k % len(HELD_OUT_CYCLE)]
+                parts, attrs, overrides = draw_model(category, [seed, c, i], split[mid], forced)
+                bases[name] = (attrs, overrides)
+            else:
+                base_attrs, base_overrides = bases[base]
+                erng = np.random.default_rng([seed, c, i, 3000 + v])
+                edits = draw_edits(erng, category, base_attrs, split[mid])
+                overrides, scale = edit_overrides(base_attrs, base_overrides, edits)
+                parts, attrs = build_model(category, np.random.default_rng([seed, c, i]), overrides, scale)
+                attrs.update(held_out=held_out_in(category, attrs), variant_of=base, edits=[list(e) for e in edits])
+                group = sorted(m for m in split if m == f"{category}/{base}" or m.startswith(f"{category}/{base}_"))
+                for ref, target, how in ((base, name, edits), (name, base, invert(edits))):
+                    pairs[split[mid]].append({
+                        "pairid": None, "reference": f"{category}/{ref}", "target_hard": f"{category}/{target}",
+                        "target_soft": {f"{category}/{target}": 1.0}, "caption": relative_caption(erng, how),
+                        "img_set": {"id": group_id(category, base), "members": group},
+                        "edits": [list(e) for e in how]})
+            attrs["split"] = split[mid]
+            folder = write_model(out_dir, category, name, parts, attrs)
+            verts = np.concatenate([mesh.vertices for mesh, _ in parts])
+            kps = np.loadtxt(folder / "3d_keypoints.txt", ndmin=2)
+            renderer.set_model(load_model(folder / "model.obj"))  # render what is on disk
+            rel = f"model/{category}/{name}"
+            for p in range(photos_per_model):
+                rng = np.random.default_rng([seed, c, i, 1000 + 100 * v + p])
+                img, mask, fields = render_photo(renderer, rng, verts, kps, photo_size)
+                n_photos[category] = n_photos.get(category, 0) + 1
+                stem = f"{n_photos[category]:04d}.png"
+                atomic_save_image(Image.fromarray(img), out_dir / "img" / category / stem)
+                mask_img = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+                atomic_save_image(mask_img, out_dir / "mask" / category / stem)
+                entries.append({
+                    "img": f"img/{category}/{stem}", "category": category, "img_size": [photo_size, photo_size],
+                    "2d_keypoints": fields.pop("2d_keypoints"), "mask": f"mask/{category}/{stem}",
+                    "img_source": "toy", "model": f"{rel}/model.obj", "model_raw": f"{rel}/model.obj",
+                    "model_source": "toy", "3d_keypoints": f"{rel}/3d_keypoints.txt", "voxel": f"{rel}/voxel.mat",
+                    **fields})
+            bar.update()
     finally:
         bar.close()
         renderer.close()
+    pairid = 0
+    for s in SPLIT_NAMES:
+        for pair in pairs[s]:
+            pair["pairid"], pairid = pairid, pairid + 1
+        write_json(out_dir / f"composed.{s}.json", pairs[s])
+    write_json(out_dir / "toy_design.json", {
+        "seed": seed, "split_seed": split_seed, "split_fractions": list(split_fractions),
+        "held_out_colours": HELD_OUT_COLOURS, "held_out_parts": {k: {v[0]: v[1]} for k, v in HELD_OUT_PARTS.items()},
+        "palettes": PALETTES, "note": "generate_jsonl.py with these split_fractions and seed puts every model in the "
+                                      "split of attributes.json's 'split'; held-out combinations are then test-only"})
     write_json(out_dir / "pix3d.json", entries)  # last: its presence marks a finished dataset
     return entries
+
+
+def group_id(category, base):
+    """A stable number for the group of a base model and its variants: its category's index and its number."""
+    return CATEGORIES.index(category) * 100_000 + int(base.rsplit("_", 1)[1])
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out_dir", default="data/pix3d_toy")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--models_per_category", type=int, default=35)
+    p.add_argument("--models_per_category", type=int, default=32, help="base models; edit variants come on top")
     p.add_argument("--photos_per_model", type=int, default=2)
     p.add_argument("--photo_size", type=int, default=256)
     p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated subset of the 9")
+    p.add_argument("--split_fractions", default="0.8,0.1,0.1",
+                   help="the train,val,test fractions generate_jsonl.py will be run with (held-out combinations "
+                        "are put in that test split)")
+    p.add_argument("--split_seed", type=int, default=0, help="the --seed generate_jsonl.py will be run with")
     args = p.parse_args(argv)
     cats = [c.strip() for c in args.categories.split(",") if c.strip()]
     bad = [c for c in cats if c not in CATEGORIES]
@@ -305,8 +373,15 @@ def main(argv=None):
         p.error(f"--categories: unknown {', '.join(bad)} (choose from {', '.join(CATEGORIES)})")
     if args.models_per_category < 1 or args.photos_per_model < 0 or args.photo_size < 32:
         p.error("need --models_per_category >= 1, --photos_per_model >= 0 and --photo_size >= 32")
-    entries = generate(args.out_dir, args.seed, args.models_per_category, args.photos_per_model, args.photo_size, cats)
-    print(f"wrote {len(cats) * args.models_per_category} models, {len(entries)} photos to {args.out_dir}")
+    try:
+        fractions = parse_fractions(args.split_fractions)
+    except ValueError as e:
+        p.error(f"--split_fractions {args.split_fractions!r}: {e}")
+    entries = generate(args.out_dir, args.seed, args.models_per_category, args.photos_per_model, args.photo_size, cats,
+                       split_fractions=fractions, split_seed=args.split_seed)
+    n_models = len({e["model"] for e in entries})
+    print(f"wrote {n_models} models ({len(cats) * args.models_per_category} base models and their edit variants), "
+          f"{len(entries)} photos to {args.out_dir}")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def test_part_counts_and_human_captions(tmp_path, pix3d):
     row = next(json.loads(x) for x in (pix3d / "usable_samples.jsonl").read_text().splitlines()
                if "BILLY" in x)
     assert row["captions"][0] == "my favourite bookcase"
-    assert "a tall white bookcase with one drawer and five shelves" in row["captions"]
+    assert "a tall bookcase with one drawer and five shelves" in row["captions"]
 
 
 def test_bad_entries_skipped_missing_renders_left_out(pix3d, capsys):
@@ -174,7 +174,8 @@ def test_model_ids_and_names():
     assert gj.model_id_of("model/misc/foo/bar.obj") == "misc/foo/bar"
     assert captions.readable_name("sofa/IKEA_EKTORP_2") == "IKEA EKTORP"
     assert captions.parts_phrase({"legs": 4, "arms": 2}) == "two arms and four legs"
-    assert captions.parts_phrase({"shelves": 1, "drawers": 0}) == "one shelf"
+    assert captions.parts_phrase({"shelves": 1, "drawers": 0}) == "no drawers and one shelf"
+    assert captions.parts_phrase({"shelves": -1, "doors": True}) is None
     assert captions.color_word((250, 250, 250)) == "white" and captions.color_word((100, 65, 35)) == "brown"
 
 
@@ -190,5 +191,8 @@ def test_captions_say_only_what_is_known():
     caps = captions.build_captions("bookcase", {"color": "white", "shape": "tall", "parts": {"shelves": 5}},
                                    name="IKEA BILLY")
     assert caps == ["a tall white bookcase", "a bookcase in white", "a tall white bookcase with five shelves",
-                    "a bookcase with five shelves", "a white bookcase that is tall", "the IKEA BILLY bookcase in white"]
+                    "a tall bookcase with five shelves", "a bookcase with five shelves", "a white bookcase that is tall",
+                    "the IKEA BILLY bookcase in white"]
+    two = captions.build_captions("chair", {"color": "red", "second_color": "gray", "parts": {"arms": 0}})
+    assert two == ["a red chair", "a chair in red and gray", "a red and gray chair with no arms", "a chair with no arms"]
     assert all("3D model" not in c for c in caps)

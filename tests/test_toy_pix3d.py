@@ -13,7 +13,8 @@ import trimesh
 from PIL import Image, ImageDraw
 
 from meshes.captions import COLOR_WORDS, measure_mesh
-from meshes.toy_furniture import CATEGORIES, COUNTED, build_model
+from meshes.toy_design import build_model
+from meshes.toy_furniture import CATEGORIES, COUNTED
 from scripts import make_toy_pix3d as toy
 
 # The fields of every entry of the real pix3d.json, in its order.
@@ -70,14 +71,15 @@ def model_dirs(root):
 def test_pix3d_json_schema(dataset):
     root, entries = dataset
     on_disk = json.loads((root / "pix3d.json").read_text())
-    assert on_disk == entries and len(entries) == 9 * 2
+    models, _ = toy.plan(0, CATEGORIES, SMALL["models_per_category"], (0.8, 0.1, 0.1), 0)
+    assert on_disk == entries and len(entries) == len(models) * SMALL["photos_per_model"]
     assert sorted({e["category"] for e in entries}) == CATEGORIES
     num = (int, float)
     for e in entries:
         assert list(e) == PIX3D_FIELDS, e["img"]
         cat = e["category"]
         assert re.fullmatch(rf"img/{cat}/\d{{4}}\.png", e["img"]) and e["mask"] == e["img"].replace("img/", "mask/", 1)
-        name = re.fullmatch(rf"model/{cat}/(TOY_{cat.upper()}_\d{{4}})/model\.obj", e["model"]).group(1)
+        name = re.fullmatch(rf"model/{cat}/(TOY_{cat.upper()}_\d{{4}}(_\d)?)/model\.obj", e["model"]).group(1)
         assert e["model_raw"] == e["model"]
         assert e["3d_keypoints"] == f"model/{cat}/{name}/3d_keypoints.txt"
         assert e["voxel"] == f"model/{cat}/{name}/voxel.mat"
@@ -209,6 +211,7 @@ def test_different_seed_differs(dataset, tmp_path):
     toy.generate(out, seed=1, **SMALL)
     assert (root / "pix3d.json").read_bytes() != (out / "pix3d.json").read_bytes()
     objs = [p.relative_to(root) for p in Path(root).rglob("model.obj")]
+    objs = [p for p in objs if (out / p).exists()]  # the two seeds give different edit variants
     assert sum((root / p).read_bytes() != (out / p).read_bytes() for p in objs) >= len(objs) - 1
 
 
@@ -234,7 +237,7 @@ def read_mtl(path):
 def test_attributes_are_true_of_the_geometry(dataset):
     root, _ = dataset
     dirs = model_dirs(root)
-    assert len(dirs) == 9 * 2
+    assert len(dirs) == len(toy.plan(0, CATEGORIES, SMALL["models_per_category"], (0.8, 0.1, 0.1), 0)[0])
     for folder in dirs:
         attrs = json.loads((folder / "attributes.json").read_text())
         assert attrs["category"] == folder.parent.name and attrs["name"] == folder.name
@@ -245,7 +248,9 @@ def test_attributes_are_true_of_the_geometry(dataset):
         for o in objects.values():
             area[o["material"]] = area.get(o["material"], 0.0) + tri_areas(verts, o["faces"]).sum()
         total = sum(area.values())
-        assert max(area, key=area.get) == attrs["color"] and area[attrs["color"]] / total > 0.5
+        assert max(area, key=area.get) == attrs["color"]
+        if attrs["second_color"]:  # the palette's other colour, big enough to show in renders
+            assert attrs["second_color"] in attrs["palette"] and area[attrs["second_color"]] / total >= 0.05
         assert {k: round(v / total, 4) for k, v in area.items()} == pytest.approx(attrs["colors"], abs=1e-3)
         scene = trimesh.load(folder / "model.obj", force="scene")
         by_mat = {g.visual.material.name: g.area for g in scene.geometry.values()}
@@ -303,7 +308,10 @@ def test_build_model_ranges():
         for i in range(25):
             parts, attrs = build_model(category, np.random.default_rng([7, c, i]))
             assert attrs["color"] in COLOR_WORDS and next(iter(attrs["colors"])) == attrs["color"]
-            assert attrs["colors"][attrs["color"]] > 0.5 and abs(sum(attrs["colors"].values()) - 1) < 1e-3
+            assert max(attrs["colors"], key=attrs["colors"].get) == attrs["color"]
+            assert abs(sum(attrs["colors"].values()) - 1) < 1e-3
+            if len(parts) > 1:  # a many-part model shows its second colour
+                assert attrs["second_color"] and attrs["colors"][attrs["second_color"]] >= 0.1, attrs
             assert all(color in COLOR_WORDS for _, color in parts)
             assert 0 < sum(len(m.faces) for m, _ in parts) < 5000
             for key, n in attrs["parts"].items():
@@ -323,7 +331,9 @@ def test_cli_summary(tmp_path):
                           "--categories", "chair,tool", "--models_per_category", "1", "--photos_per_model", "1",
                           "--photo_size", "64"], cwd=root, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip().splitlines()[-1] == f"wrote 2 models, 2 photos to {out}"
+    n = len(toy.plan(0, ["chair", "tool"], 1, (0.8, 0.1, 0.1), 0)[0])
+    assert res.stdout.strip().splitlines()[-1] == (f"wrote {n} models (2 base models and their edit variants), "
+                                                   f"{n} photos to {out}")
     bad = subprocess.run([sys.executable, "scripts/make_toy_pix3d.py", "--out_dir", str(out), "--categories", "lamp"],
                          cwd=root, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "lamp" in bad.stderr
