@@ -37,8 +37,8 @@ def edit_options(category, attrs, split):
     for old in [c for c in (attrs["color"], attrs["second_color"]) if c]:  # a colour the renders show
         options += [("colour", old, new) for new in PALETTE_COLOURS if new not in used and new != held_colour]
     for (cat, part), (counts, styles) in EDITABLE.items():
-        if cat != category or part not in attrs["parts"] or (styles and attrs.get("style") not in styles):
-            continue
+        if cat != category or attrs["parts"].get(part) not in counts or (styles and attrs.get("style") not in styles):
+            continue  # (a desk's first drawer brings a pedestal instead of two legs: not a one-word edit)
         old = attrs["parts"][part]
         options += [("part", part, old, n) for n in counts
                     if n != old and not (held_part and held_part[0] == part and held_part[1] == n)]

@@ -6,8 +6,9 @@ the models; and what every retrieval number is read beside: the chance level and
     nearest_captions(jsonl, "test")    # captioning: one training caption per model, for metrics.caption
 
 A shape is seen only through its renders, and only the TRAIN split's jsonl fields are read (never the category of
-an evaluated model): its colour is the most common colour of the lit half of its views' object pixels, named by
-meshes.captions.color_word; its category is the vote of its views' nearest TRAIN views (16x16 grey thumbnails).
+an evaluated model): its colours are the colour words (meshes.captions.pixel_words, which allows for shading) that
+cover at least COLOUR_SHARE of its views' object pixels, or the most common one; its category is the vote of its
+views' nearest TRAIN views (16x16 grey thumbnails).
 A caption is the colour words and category nouns a regex finds in it. The score of (caption, shape) is the number
 of agreements (colour, category), given to metrics.retrieval as embeddings whose cosine is that count: the many
 ties are then ranked by retrieval's own tie rule, as a model's would be.
@@ -28,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meshes.captions import CATEGORY_NOUNS, COLOR_WORDS, color_word, object_pixels
+from meshes.captions import CATEGORY_NOUNS, COLOR_WORDS, object_pixels, pixel_words
 from metrics.retrieval import evaluate_retrieval, photo2shape_metrics, retrieval_metrics, shape_gallery
 from multiview_dataset import MultiViewDataset, ShapeImageDataset
 
 THUMB = 16        # side of the grey thumbnails the category and the nearest training model are judged by
-COLOUR_STEP = 32  # object pixels quantised to 256 / 32 = 8 levels per channel before their mode is taken
 HIST_BINS = 4     # colour histogram: 4 x 4 x 4 bins
+COLOUR_SHARE = 0.15  # a colour word on this share of a shape's object pixels counts as one of its colours
 KS = (1, 5, 10)
 
 
@@ -135,21 +136,14 @@ def thumbnail(image):
     return np.asarray(small, dtype=np.float32).ravel() / 255
 
 
-def dominant_colour(pixels):
-    """The colour word of the most common colour among the lit half of RGB object pixels (N x 3), quantised to
-    COLOUR_STEP; None for no pixels. The faces turned from the lights are dark versions of the colour that
-    color_word, which knows nothing of shading, would name brown, gray or black (toy test split: 21 of 36 models
-    named right over all pixels, 32 over the lit half)."""
+def colour_set(pixels, share=COLOUR_SHARE):
+    """The colour words that name at least `share` of RGB object pixels (N x 3), or the most common word; empty for
+    no pixels. Two-colour models are matched on both colours a caption may name."""
     if len(pixels) == 0:
-        return None
-    pixels = np.asarray(pixels, dtype=np.int64).reshape(-1, 3)
-    brightness = pixels.sum(1)
-    pixels = pixels[brightness >= np.median(brightness)]
-    q = pixels // COLOUR_STEP
-    levels = 256 // COLOUR_STEP
-    code = (q[:, 0] * levels + q[:, 1]) * levels + q[:, 2]
-    top = np.bincount(code).argmax()
-    return color_word(pixels[code == top].mean(0))
+        return set()
+    words, counts = np.unique(pixel_words(pixels), return_counts=True)
+    keep = {str(w) for w, n in zip(words, counts) if n >= share * counts.sum()}
+    return keep or {str(words[counts.argmax()])}
 
 
 def colour_histogram_of(pixels):
@@ -194,13 +188,14 @@ def _thumbnails(path, digest, split):
 
 @functools.lru_cache(maxsize=8)
 def _colours(path, digest, split):
-    """(dominant colour word per model, colour histogram per model [n_models, HIST_BINS^3]) over all its views."""
+    """(colour words per model (colour_set), colour histogram per model [n_models, HIST_BINS^3]) over all its
+    views."""
     ds = split_dataset(path, split)
     pixels = [[] for _ in ds.model_ids]
     for m, image in _views_of(ds, f"render colours ({split})"):
         pixels[m].append(object_pixels(np.asarray(image)))
     pixels = [np.concatenate(p) if p else np.zeros((0, 3), np.uint8) for p in pixels]
-    return [dominant_colour(p) for p in pixels], torch.from_numpy(np.stack([colour_histogram_of(p) for p in pixels]))
+    return [colour_set(p) for p in pixels], torch.from_numpy(np.stack([colour_histogram_of(p) for p in pixels]))
 
 
 def render_colours(jsonl, split):
@@ -267,7 +262,8 @@ def colour_category(jsonl, split, ks=KS):
     train = split_dataset(jsonl, "train")
     colours, _ = render_colours(jsonl, split)
     categories = [c for c, _ in nearest_train_models(jsonl, split)]
-    shapes = [{t for t in (("colour", w), ("category", c)) if t[1] is not None} for w, c in zip(colours, categories)]
+    shapes = [{("colour", w) for w in ws} | ({("category", c)} if c is not None else set())
+              for ws, c in zip(colours, categories)]
     nouns = category_nouns(sorted(set(train.categories)))
     captions = [c for c, _ in ds.texts]
     text, image = agreement_embeddings([caption_tokens(c, nouns) for c in captions], shapes)

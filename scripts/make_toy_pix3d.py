@@ -296,11 +296,14 @@ def generate(out_dir, seed=0, models_per_category=32, photos_per_model=2, photo_
                     k = test_bases[category] = test_bases.get(category, -1) + 1
                     forced = HELD_OUT_CYCLE[k % len(HELD_OUT_CYCLE)]
                 parts, attrs, overrides = draw_model(category, [seed, c, i], split[mid], forced)
-                bases[name] = (attrs, overrides)
+                bases[name] = (attrs, overrides, [])
             else:
-                base_attrs, base_overrides = bases[base]
+                base_attrs, base_overrides, drawn = bases[base]
                 erng = np.random.default_rng([seed, c, i, 3000 + v])
                 edits = draw_edits(erng, category, base_attrs, split[mid])
+                while sorted(edits) in drawn:  # two variants of one base are never the same model
+                    edits = draw_edits(erng, category, base_attrs, split[mid])
+                drawn.append(sorted(edits))
                 overrides, scale = edit_overrides(base_attrs, base_overrides, edits)
                 parts, attrs = build_model(category, np.random.default_rng([seed, c, i]), overrides, scale)
                 attrs.update(held_out=held_out_in(category, attrs), variant_of=base, edits=[list(e) for e in edits])

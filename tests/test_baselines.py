@@ -9,6 +9,7 @@ import math
 import shutil
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -99,7 +100,7 @@ def test_agreement_embeddings_score_the_count_exactly():
 def test_colour_category_ranks_the_caption_that_names_colour_and_category_first(hand_made):
     categories = [c for c, _ in bl.nearest_train_models(hand_made, "test")]
     assert categories == ["square", "circle", "square", "circle"]  # thumbnails of the train split's shapes
-    assert bl.render_colours(hand_made, "test")[0] == ["red", "red", "blue", "blue"]
+    assert bl.render_colours(hand_made, "test")[0] == [{"red"}, {"red"}, {"blue"}, {"blue"}]
     m = bl.colour_category(hand_made, "test")
     # per caption, the expected R@1 over the orders of tied shapes: "a red square" 1, "a square" ties the two
     # squares (1/2), "a red circle", "a blue square", "a blue circle" 1, "something round" ties all four (1/4)
@@ -210,3 +211,16 @@ def test_a_model_without_readable_views_fails_loudly(hand_made, tmp_path):
     shutil.copy(hand_made, tmp_path / "usable_samples.jsonl")
     with pytest.raises(OSError, match="none of its 4 views can be read"):
         bl.colour_category(tmp_path / "usable_samples.jsonl", "test")
+
+
+def test_colour_set_names_both_colours_of_a_shaded_two_colour_model():
+    from meshes.captions import COLOR_WORDS
+
+    rng = np.random.default_rng(0)
+    shade = rng.uniform(0.5, 1.1, size=(1000, 1))  # lit and shadowed faces
+    red = np.clip(np.array(COLOR_WORDS["red"]) * shade[:700], 0, 255)
+    blue = np.clip(np.array(COLOR_WORDS["blue"]) * shade[700:], 0, 255)
+    assert bl.colour_set(np.concatenate([red, blue]).astype(np.uint8)) == {"red", "blue"}
+    # a colour on under COLOUR_SHARE of the pixels (handles, feet) is not one of the shape's colours
+    assert bl.colour_set(np.concatenate([red, blue[:100]]).astype(np.uint8)) == {"red"}
+    assert bl.colour_set(np.zeros((0, 3), np.uint8)) == set()
