@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from meshes.geometry import MeshError
-from meshes.render import NO_GL, OffscreenRenderer, gl_context_made, is_done, render_model
+from meshes.render import NO_GL, OffscreenRenderer, configure_gl, gl_context_made, is_done, render_model
 from meshes.workers import WorkersCannotStart, run_watched
 from utils import read_jsonl, write_jsonl
 
@@ -97,6 +97,7 @@ def render_jobs(jobs, cameras, size=224, bg=(255, 255, 255), up="y", workers=1, 
     if not jobs:
         return
 
+    configure_gl()  # PyOpenGL reads its platform once, at its first import
     import pyrender  # noqa: F401  imported once here (after configure_gl), forked workers inherit it
     import trimesh  # noqa: F401
 
