@@ -3,6 +3,7 @@
     feats, ds = encode_split(wrapper, preprocess, "data/pix3d_toy/usable_samples.jsonl", "test", device)
     feats, photos = encode_photo_split(wrapper, preprocess, jsonl, "test", device, photo_mask=True)
     feats, ds = cached_features(wrapper, preprocess, jsonl, "train", device, "data/cache", identity)
+    feats = feature_cache("data/cache", "composed-train", identity, data, files, compute)   # any other features
 
 A frozen encoder sees the same inputs every epoch, so a linear probe or the captioner computes the backbone's
 features once and keeps them in data/cache; the key covers whatever identifies the weights, the jsonl and every
@@ -85,19 +86,29 @@ def cached_features(wrapper, preprocess, jsonl, split, device, cache_dir, identi
     identity: {name: value} naming the weights (model name, weights file, seed of a random init, a checkpoint the
     backbone was loaded from). A value that is an existing file enters the key with its size and mtime."""
     ds = MultiViewDataset(jsonl, split, preprocess, mode="eval")
+    feats = feature_cache(cache_dir, f"features-{split}", identity, f"{split}\n".encode() + Path(jsonl).read_bytes(),
+                          [path for _, path in ds.view_index],
+                          lambda: encode_dataset(wrapper, ds, device, backbone=True, num_workers=num_workers))
+    return feats, ds
+
+
+def feature_cache(cache_dir, prefix, identity, data, files, compute):
+    """compute()'s result, saved once in <cache_dir>/<prefix>-<key>.pt and read from there afterwards. The key
+    covers identity (as cached_features describes it), the bytes `data` (the captions or pairs the features are
+    of) and every file of `files` with its size and mtime, so a change to any of them computes anew."""
     h = hashlib.sha1()
     for key, value in sorted(identity.items()):
         h.update(f"{key}={value}\n".encode())
         if value and Path(str(value)).is_file():
             st = os.stat(value)
             h.update(f"{st.st_size}-{st.st_mtime_ns}\n".encode())
-    h.update(f"{split}\n".encode() + Path(jsonl).read_bytes())
-    for _, path in ds.view_index:
+    h.update(data)
+    for path in files:
         st = os.stat(path)
         h.update(f"{path}-{st.st_size}-{st.st_mtime_ns}".encode())
-    path = Path(cache_dir) / f"features-{split}-{h.hexdigest()[:16]}.pt"
+    path = Path(cache_dir) / f"{prefix}-{h.hexdigest()[:16]}.pt"
     if path.exists():
-        return torch.load(path, weights_only=True), ds
-    feats = encode_dataset(wrapper, ds, device, backbone=True, num_workers=num_workers)
+        return torch.load(path, weights_only=True)
+    feats = compute()
     atomic_torch_save(feats, path)
-    return feats, ds
+    return feats
