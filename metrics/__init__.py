@@ -3,6 +3,7 @@
     retrieval.py      Recall@K, ranks and mAP (text <-> shape, photo -> shape), pooling views into shapes
     caption.py        BLEU / METEOR / ROUGE-L / CIDEr through pycocoevalcap, and the CLIP cosine score
     ptb_tokenizer.py  a pure-python imitation of pycocoevalcap's PTB tokenizer (for machines without Java)
+    composed.py       composed retrieval (reference + text -> target): R@K without the reference, CIRR's Rsubset@K
     plots.py          Recall@K curves and the gallery of retrieved shapes per query
     evaluate.py       a model on a split: encode, score, write results.json and TensorBoard under logs/<run>/
 """
