@@ -63,7 +63,7 @@ class ExactBackend:
             s, i = top.values, top.indices + start
             if best_s is not None:
                 s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
-                top = s.topk(k, dim=1)
+                top = s.topk(min(k, s.shape[1]), dim=1)
                 s, i = top.values, i.gather(1, top.indices)
             best_s, best_i = s, i
         return _best_first(best_s.numpy(), best_i.numpy())
