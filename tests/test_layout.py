@@ -4,7 +4,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY_PACKAGES = ("models", "meshes", "metrics", "tasks", "shape_index")
-LIBRARY_MODULES = ("checkpoints", "features", "multiview_dataset", "utils")
+LIBRARY_MODULES = ("checkpoints", "composed_dataset", "features", "multiview_dataset", "utils")
 
 
 def project_files():
