@@ -1,6 +1,7 @@
 """The evaluation library below the eval CLIs (eval_recall.py, eval_shape_retrieval.py, evaluate_caption.py).
 
     retrieval.py      Recall@K, ranks and mAP (text <-> shape, photo -> shape), pooling views into shapes
+    ranking.py        Text2Shape's protocol: the recall rate RR@k (= R@k) and NDCG@k, with the same fair ties
     caption.py        BLEU / METEOR / ROUGE-L / CIDEr through pycocoevalcap, and the CLIP cosine score
     ptb_tokenizer.py  a pure-python imitation of pycocoevalcap's PTB tokenizer (for machines without Java)
     composed.py       composed retrieval (reference + text -> target): R@K without the reference, CIRR's Rsubset@K

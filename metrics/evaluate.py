@@ -26,9 +26,10 @@ def evaluate_photo2shape(wrapper, preprocess, jsonl, split, device, keep_hard_ph
                                photos.categories, views)
 
 
-def save_results(out_dir, result, tb_prefix=None, name="results.json"):
-    """Write result (a dict with a flat "metrics" dict) to out_dir/name, and each metric as the TensorBoard scalar
-    <tb_prefix>/<key> in out_dir when tb_prefix is given. Returns the JSON path."""
+def save_results(out_dir, result, tb_prefix=None, name="results.json", tb_sections=("metrics",)):
+    """Write result (a dict with a flat "metrics" dict) to out_dir/name, and each value of the flat dicts
+    result[section] for section in tb_sections as the TensorBoard scalar <tb_prefix>/<key> in out_dir when tb_prefix
+    is given. Returns the JSON path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / name, result)
@@ -36,8 +37,9 @@ def save_results(out_dir, result, tb_prefix=None, name="results.json"):
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(str(out_dir)) as w:
-            for key, value in result["metrics"].items():
-                w.add_scalar(f"{tb_prefix}/{key}", value, 0)
+            for section in tb_sections:
+                for key, value in result[section].items():
+                    w.add_scalar(f"{tb_prefix}/{key}", value, 0)
     return out_dir / name
 
 

@@ -52,8 +52,12 @@ def rr_ndcg_metrics(query_features, gallery_features, query_ids, gallery_ids, ks
     recall = retrieval_metrics(query_features, gallery_features, query_ids, gallery_ids, ks=ks)  # checks ks too
     out = {f"RR@{k}": recall[f"R@{k}"] for k in ks}
     ndcg = expected_ndcg(query_features, gallery_features, query_ids, gallery_ids, ks)
-    out.update({f"NDCG@{k}": ndcg[k].mean().item() if len(ndcg[k]) else math.nan for k in ks})
+    out.update({f"NDCG@{k}": _mean(ndcg[k]) for k in ks})
     return out
+
+
+def _mean(values):
+    return values.mean().item() if len(values) else math.nan
 
 
 def expected_ndcg(query_features, gallery_features, query_ids, gallery_ids, ks=(1, 5, 10)):
@@ -87,4 +91,17 @@ def expected_ndcg(query_features, gallery_features, query_ids, gallery_ids, ks=(
     for k in ks:
         ideal = cum[k][n_relevant[ranked].clamp(max=n)]
         out[k] = (torch.cat(dcg[k]) / ideal).cpu() if len(ranked) else torch.zeros(0, dtype=torch.float64)
+    return out
+
+
+def ndcg_both_directions(shape_features, shape_ids, text_features, text_ids, ks=(1, 5, 10)):
+    """Flat {"text2image_NDCG@k", "image2text_NDCG@k"} of a shape gallery (one row per shape) and its captions, and
+    each direction's chance level `{direction}_chance_NDCG@k`: the NDCG of a random ranking, which is that of a
+    collapsed model (every score tied). RR@k is not repeated here: it is the R@k both directions already report."""
+    out = {}
+    for name, (q, g, qi, gi) in {"text2image": (text_features, shape_features, text_ids, shape_ids),
+                                 "image2text": (shape_features, text_features, shape_ids, text_ids)}.items():
+        for prefix, qf, gf in (("", q, g), ("chance_", torch.ones(len(q), 1), torch.ones(len(g), 1))):
+            ndcg = expected_ndcg(qf, gf, qi, gi, ks)
+            out.update({f"{name}_{prefix}NDCG@{k}": _mean(ndcg[k]) for k in ks})
     return out

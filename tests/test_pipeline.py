@@ -8,10 +8,12 @@ and the shortcut baselines printed beside them.
 """
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sklearn.metrics import ndcg_score
 
 import eval_recall
 import evaluate_caption
@@ -22,7 +24,7 @@ from metrics.caption import evaluate_caption as caption_metrics
 from models.clip_wrapper import load_checkpoint, load_clip
 from multiview_dataset import MultiViewDataset
 from scripts import generate_jsonl, make_toy_pix3d, render_objs
-from tests.test_recall import reference
+from tests.test_recall import cosines, reference
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,11 @@ def test_eval_recall_cli_writes_json_and_pictures(toy, checkpoint, tmp_path, cap
             if not prefix:
                 curve = result["recall_curve"][d]
                 assert curve[0] == pytest.approx(want["R@1"]) and curve[4] == pytest.approx(want["R@5"])
+                # NDCG: sklearn's, whose tie-averaged DCG is the expected DCG under a random order of tied scores
+                relevant = np.array([[a == b for b in gi] for a in qi], dtype=float)
+                for k in (1, 5, 10):
+                    assert result["ndcg"][f"{d}_NDCG@{k}"] == pytest.approx(
+                        ndcg_score(relevant, cosines(q, g), k=k), abs=1e-6), f"{d}_NDCG@{k}"
     assert m["text2image_R@1"] < 1 and m["image2text_mAP"] < 1  # not saturated: a wrong ranking would show
 
     # the captions that name no colour: the same ranking restricted to them; chance is k / 9 with one shape each
@@ -92,6 +99,9 @@ def test_eval_recall_cli_writes_json_and_pictures(toy, checkpoint, tmp_path, cap
         assert m[f"shape_only/text2image_{key}"] == pytest.approx(want[key], abs=1e-6), key
     for k in (1, 5, 10):
         assert m[f"text2image_chance_R@{k}"] == pytest.approx(min(k, 9) / 9) == m[f"shape_only/text2image_chance_R@{k}"]
+        # one relevant shape among 9 on a random place: E[1 / log2(place + 1)] over the top k places, IDCG = 1
+        assert result["ndcg"][f"text2image_chance_NDCG@{k}"] == pytest.approx(
+            sum(1 / np.log2(r + 1) for r in range(1, min(k, 9) + 1)) / 9)
     baseline = result["baselines"]["colour_category"]
     assert set(baseline) == set(m) and baseline == bl.colour_category(toy / "usable_samples.jsonl", "test")
     assert len(result["recall_curve"]["text2image"]) == 50
@@ -100,6 +110,7 @@ def test_eval_recall_cli_writes_json_and_pictures(toy, checkpoint, tmp_path, cap
             assert im.size[0] > 200 and im.size[1] > 200
     out = capsys.readouterr().out
     assert "text2image (same model)" in out and "colour_category baseline" in out and "  chance" in out
+    assert f"{result['ndcg']['image2text_NDCG@5']:9.3f}" in out.split("NDCG@10")[1]  # the NDCG table is printed
 
 
 def test_evaluate_caption_cli(toy, checkpoint, tmp_path, monkeypatch):

@@ -137,3 +137,17 @@ def test_no_relevant_item_anywhere():
     assert all(math.isnan(v) for v in got.values()) and set(got) == {"RR@1", "RR@5", "NDCG@1", "NDCG@5"}
     with pytest.raises(ValueError):
         rr_ndcg_metrics(np.eye(3), np.eye(3), [0, 1, 2], [0, 1, 2], ks=(0,))
+
+
+def test_both_directions_and_chance_keys():
+    """eval_recall's "ndcg" entry: each direction of a shape gallery and its captions, and the chance level (one
+    relevant shape among N for a text: E[1 / log2(place + 1)] over the top k of N random places)."""
+    rng = np.random.default_rng(1)
+    shapes, texts = rng.normal(size=(5, 6)), rng.normal(size=(12, 6))
+    shape_ids, text_ids = list(range(5)), [i % 5 for i in range(12)]
+    got = metrics.ranking.ndcg_both_directions(shapes, shape_ids, texts, text_ids, ks=(1, 5))
+    assert set(got) == {f"{d}_{c}NDCG@{k}" for d in ("text2image", "image2text") for c in ("", "chance_") for k in (1, 5)}
+    assert got["text2image_NDCG@5"] == rr_ndcg_metrics(texts, shapes, text_ids, shape_ids, ks=(5,))["NDCG@5"]
+    assert got["image2text_NDCG@1"] == rr_ndcg_metrics(shapes, texts, shape_ids, text_ids, ks=(1,))["NDCG@1"]
+    assert got["text2image_chance_NDCG@5"] == pytest.approx(sum(1 / math.log2(r + 1) for r in range(1, 6)) / 5)
+    assert got["image2text_chance_NDCG@1"] == pytest.approx(12 / 5 / 12)  # 2 or 3 relevant captions among 12
