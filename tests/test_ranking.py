@@ -146,7 +146,8 @@ def test_both_directions_and_chance_keys():
     shapes, texts = rng.normal(size=(5, 6)), rng.normal(size=(12, 6))
     shape_ids, text_ids = list(range(5)), [i % 5 for i in range(12)]
     got = metrics.ranking.ndcg_both_directions(shapes, shape_ids, texts, text_ids, ks=(1, 5))
-    assert set(got) == {f"{d}_{c}NDCG@{k}" for d in ("text2image", "image2text") for c in ("", "chance_") for k in (1, 5)}
+    directions = ("text2image", "image2text")
+    assert set(got) == {f"{d}_{c}NDCG@{k}" for d in directions for c in ("", "chance_") for k in (1, 5)}
     assert got["text2image_NDCG@5"] == rr_ndcg_metrics(texts, shapes, text_ids, shape_ids, ks=(5,))["NDCG@5"]
     assert got["image2text_NDCG@1"] == rr_ndcg_metrics(shapes, texts, shape_ids, text_ids, ks=(1,))["NDCG@1"]
     assert got["text2image_chance_NDCG@5"] == pytest.approx(sum(1 / math.log2(r + 1) for r in range(1, 6)) / 5)
