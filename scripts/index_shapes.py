@@ -37,7 +37,7 @@ from utils import get_device  # noqa: E402
 
 # ----------------------------------------------------------------------------- config (defaults of the flags)
 RENDER = render_settings()  # render_objs.py's: 12 views, 224 px, elevations 15/40, distance 3, yfov 40, white, +y up
-DTYPE = "float32"           # float16 halves the file and the exact search's memory; cosines change by ~1e-3
+DTYPE = "float32"           # float16 halves the file (search holds float32 in RAM either way); cosines move ~1e-3
 VIEWS = "mean"              # how a shape's views are pooled: eval_recall.py's default
 WORKERS = 1                 # render worker processes
 TIMEOUT_PER_MODEL = 600.0   # seconds one mesh may take to render before it fails

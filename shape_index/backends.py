@@ -38,12 +38,15 @@ def _best_first(scores, rows):
 
 class ExactBackend:
     """Every shape scored: queries @ embeddings.T in blocks of BLOCK_ROWS, the running top k kept. The embeddings
-    stay in their stored dtype in memory (float16 halves it) and each block is scored in float32."""
+    are held as float32 in RAM: converting a float16 index block by block at every query made search ~10x slower
+    (bench/bench_search.py), so float16 saves disk, not memory."""
 
     name = "exact"
 
     def __init__(self, embeddings):
-        self.embeddings = torch.from_numpy(np.array(embeddings))  # a writable in-memory copy of the (mmap) file
+        if embeddings.dtype != np.float32 or isinstance(embeddings, np.memmap) or not embeddings.flags.writeable:
+            embeddings = np.array(embeddings, dtype=np.float32)  # an index file is memory-mapped: copy it to RAM
+        self.embeddings = torch.from_numpy(embeddings)
         self.dim = self.embeddings.shape[1]
 
     def __len__(self):
@@ -58,7 +61,7 @@ class ExactBackend:
         k = min(k, len(self))
         best_s = best_i = None
         for start in range(0, len(self), BLOCK_ROWS):
-            block = self.embeddings[start:start + BLOCK_ROWS].float()
+            block = self.embeddings[start:start + BLOCK_ROWS]
             top = (q @ block.T).topk(min(k, len(block)), dim=1)
             s, i = top.values, top.indices + start
             if best_s is not None:
