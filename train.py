@@ -84,7 +84,8 @@ TASKS = {"text2shape": Text2Shape, "photo2shape": Photo2Shape}
 # Folders come from the command that runs, never from a loaded checkpoint (it must not choose where files go).
 OUTPUT_KEYS = ("logs_dir", "weights_dir", "cache_dir", "run_name")
 AT_LEAST_ONE = ("epochs", "batch_size", "grad_accum", "draws_per_model", "patience", "log_every", "pk_models",
-                "pk_images", "max_len", "width", "layers", "heads", "prefix_len")
+                "pk_images", "max_len", "width", "layers", "heads", "prefix_len", "draws_per_pair", "projection_mult",
+                "hidden_mult", "n_experts", "attention_heads")
 NOT_NEGATIVE = ("lr", "weight_decay", "warmup_steps", "grad_clip", "max_steps", "stop_after_epochs", "num_workers",
                 "pk_photos", "triplet_margin", "center_weight", "ce_weight", "photo_margin", "w_align",
                 "w_contrastive", "dropout", "view_aug", "embed_noise")
