@@ -45,9 +45,10 @@ def first_hit_rank(scores, shape_models, model):
     return 1 + int((scores[~is_match] > scores[is_match].max()).sum())
 
 
-def plot_gallery(queries, shapes, shape_models, views_of, path, top=5, thumb=112):
+def plot_gallery(queries, shapes, shape_models, views_of, path, top=5, thumb=112, exclude=None):
     """queries: [(title, query feature (D,), right model, left)] where left is a PIL image (a photo query) or the
-    query's text. shapes / shape_models: the gallery (shape_gallery's output); views_of[model]: its render paths."""
+    query's text. shapes / shape_models: the gallery (shape_gallery's output); views_of[model]: its render paths.
+    exclude: per query, a model that is no candidate (a composed query's reference), or None."""
     from PIL import Image, ImageDraw
 
     from multiview_dataset import load_image
@@ -59,6 +60,8 @@ def plot_gallery(queries, shapes, shape_models, views_of, path, top=5, thumb=112
     gallery = F.normalize(shapes.float(), dim=-1)
     for row, (title, feature, model, left) in enumerate(queries):
         scores = gallery @ F.normalize(feature.float(), dim=-1)
+        if exclude and exclude[row] is not None:
+            scores[shape_models.index(exclude[row])] = -float("inf")
         y = pad + row * row_h
         draw.text((pad, y), f"{title}  (right shape at rank {first_hit_rank(scores, shape_models, model)})",
                   fill="black")
@@ -67,7 +70,7 @@ def plot_gallery(queries, shapes, shape_models, views_of, path, top=5, thumb=112
             draw.multiline_text((pad + 4, y + title_h + 4), "\n".join(textwrap.wrap(left, 17)[:9]), fill="blue")
         else:
             sheet.paste(left.convert("RGB").resize((thumb, thumb)), (pad, y + title_h))
-        for col, idx in enumerate(scores.topk(min(top, len(shape_models))).indices.tolist()):
+        for col, idx in enumerate(scores.topk(min(top, int(torch.isfinite(scores).sum()))).indices.tolist()):
             views = views_of[shape_models[idx]]
             x = 2 * pad + (col + 1) * (thumb + pad)
             color = GREEN if shape_models[idx] == model else GREY
