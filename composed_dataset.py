@@ -5,6 +5,7 @@
     ds = ComposedDraws(train, preprocess)          # training draws: (reference image, target image, caption, target)
     feats = encode_composed(wrapper, cset, preprocess, device)   # every image, pooled items, captions
     metrics = score_set(cset, feats, element_wise_sum)           # composed_metrics of one combining function
+    queries, items = composed_queries(cset, feats, element_wise_sum)
 
 On disk (each read as it is published; a file that does not fit is an error naming it and the entry):
     toy        <root>/composed.<split>.json beside usable_samples.jsonl, in CIRR's caption format, over its
@@ -298,13 +299,24 @@ def items_of(feats):
     return items
 
 
-def score_set(cset, feats, combine, ks=(1, 5, 10, 50)):
-    """composed_metrics of the queries combine(reference item embeddings, caption embeddings) on one set."""
+def composed_queries(cset, feats, combine):
+    """(queries combine(reference item embeddings, caption embeddings) [n_pairs, D], unit items [n_items, D])."""
     items = items_of(feats)
     refs = torch.tensor([cset.index[p.reference] for p in cset.pairs])
     with torch.no_grad():
-        queries = combine(items[refs], feats["captions"])
+        return combine(items[refs], feats["captions"]), items
+
+
+def answer_ids(cset):
+    """What composed_metrics scores a set's queries against: {"target_ids", "reference_ids" (None where the set
+    keeps the reference a candidate), "subset_ids" (None where its pairs have no groups)}."""
     members = [p.members for p in cset.pairs]
-    return composed_metrics(queries, items, cset.item_ids, [p.target for p in cset.pairs],
-                            [p.reference for p in cset.pairs] if cset.exclude_reference else None, ks,
-                            subset_ids=members if all(m is not None for m in members) else None)
+    return {"target_ids": [p.target for p in cset.pairs],
+            "reference_ids": [p.reference for p in cset.pairs] if cset.exclude_reference else None,
+            "subset_ids": members if all(m is not None for m in members) else None}
+
+
+def score_set(cset, feats, combine, ks=(1, 5, 10, 50)):
+    """composed_metrics of the queries combine(reference item embeddings, caption embeddings) on one set."""
+    queries, items = composed_queries(cset, feats, combine)
+    return composed_metrics(queries, items, cset.item_ids, ks=ks, **answer_ids(cset))

@@ -13,8 +13,8 @@ from conftest import COLORS
 
 
 def make_composed_pairs(jsonl):
-    """Groups: the models of one category in one split. Pairs: every ordered (reference, target) of a group, the
-    caption naming the target's colour (the synthetic models differ only in colour within a category)."""
+    """Groups: the models of one category in one split. Pairs: each model of a group -> the next one (cyclically),
+    the caption naming the target's colour (the synthetic models differ only in colour within a category)."""
     rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
     groups = {}
     for r in rows:
@@ -22,14 +22,12 @@ def make_composed_pairs(jsonl):
     pairs = {"train": [], "val": [], "test": []}
     for gid, ((split, _), members) in enumerate(sorted(groups.items())):
         ids = [r["model_id"] for r in members]
-        for ref in members:
-            for tgt in members:
-                if ref is tgt:
-                    continue
-                colour = tgt["captions"][0].split()[1]
-                pairs[split].append({"pairid": len(pairs[split]), "reference": ref["model_id"],
-                                     "target_hard": tgt["model_id"], "caption": f"make it {colour}",
-                                     "img_set": {"id": gid, "members": ids}, "target_soft": {tgt["model_id"]: 1.0}})
+        for n, ref in enumerate(members):
+            tgt = members[(n + 1) % len(members)]
+            colour = tgt["captions"][0].split()[1]
+            pairs[split].append({"pairid": len(pairs[split]), "reference": ref["model_id"],
+                                 "target_hard": tgt["model_id"], "caption": f"make it {colour}",
+                                 "img_set": {"id": gid, "members": ids}, "target_soft": {tgt["model_id"]: 1.0}})
     for split, entries in pairs.items():
         (Path(jsonl).parent / f"composed.{split}.json").write_text(json.dumps(entries))
     return pairs
