@@ -17,6 +17,7 @@ them, and only then deletes the previous generation and the thumbnails no shape 
 leaves a manifest naming complete files, so the previous index stays usable.
 """
 import hashlib
+import io
 import json
 import re
 from datetime import datetime, timezone
@@ -151,8 +152,6 @@ def write_index(root, manifest, embeddings, shapes):
     manifest = dict(manifest, format=FORMAT, count=len(shapes), embedding_dim=int(embeddings.shape[1]),
                     date=datetime.now(timezone.utc).isoformat(timespec="seconds"), generation=generation,
                     embeddings_file=f"embeddings-{generation:04d}.npy", shapes_file=f"shapes-{generation:04d}.jsonl")
-    import io
-
     buf = io.BytesIO()
     np.save(buf, embeddings)
     atomic_write(root / manifest["embeddings_file"], buf.getvalue())
