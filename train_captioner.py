@@ -9,16 +9,13 @@ weights/<run>/{last,best}.pt. Then:
     python evaluate_caption.py --captioner generative --captioner_checkpoint weights/<run>/best.pt
     python caption.py path/to/model.obj
 """
-import contextlib
 import time
 from pathlib import Path
-
-import torch
 
 from models.clip_wrapper import read_checkpoint
 from tasks.captioner import Captioner
 from train import configure, fit
-from utils import get_device
+from utils import get_device, torch_threads
 
 # ----------------------------------------------------------------------------- config (edit, or --key=value)
 clip_checkpoint = "weights/demo-full/best.pt"  # a train.py checkpoint: its CLIP (frozen) embeds the shapes
@@ -73,18 +70,6 @@ cache_dir = "data/cache"
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and isinstance(v, (int, float, str, bool)) and k != "DEFAULTS"}
-
-
-@contextlib.contextmanager
-def torch_threads(n, dev):
-    """torch's intra-op threads set to n on a CPU for the duration (0 = leave as is)."""
-    before = torch.get_num_threads()
-    if dev == "cpu" and n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def main(argv=None):

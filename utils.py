@@ -112,6 +112,21 @@ def set_rng_state(state):
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
 
 
+@contextlib.contextmanager
+def torch_threads(n, dev):
+    """torch's intra-op threads set to n on a CPU for the duration (0 = leave as is). Small matrices on shared
+    cores run faster on one thread than on two that wait for each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    if dev == "cpu" and n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def param_groups(module, weight_decay):
     """AdamW groups: no weight decay on biases, norm gains, 1-d parameters and the temperature."""
     decay, no_decay = [], []
