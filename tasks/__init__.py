@@ -1,7 +1,7 @@
 """What train.fit() trains. A task supplies only what differs between trainings; fit() owns the loop.
 
 A task is an object with:
-    kind                    "clip" or "captioner": --resume=latest only looks at runs of the same kind
+    kind                    "clip", "captioner" or "composed": --resume=latest only looks at runs of the same kind
     select_metric           the validation metric that picks best.pt and drives early stopping
     setup(dev, rank, world, ckpt)
                             builds the model (with the weights of ckpt, a checkpoint being resumed, or None) and the
@@ -19,5 +19,7 @@ A task is an object with:
     keyword arguments beyond lr and weight decay; torch's defaults otherwise).
 
 Tasks: text2shape.Text2Shape (CLIP on render/caption pairs, full or linear probe), photo2shape.Photo2Shape
-(metric learning over photos and renders), captioner.Captioner (the generative captioner on a frozen CLIP).
+(metric learning over photos and renders), captioner.Captioner (the generative captioner on a frozen CLIP),
+composed.ComposedStage1 / ComposedStage2 (composed retrieval: CLIP on reference + text -> target, then a Combiner
+on the frozen CLIP's cached features; train_composed.py).
 """
