@@ -156,6 +156,9 @@ class ComposedStage2(_Composed):
         self.setup_clip(dev, rank, world, None)  # the frozen CLIP: base weights, or init_from's
         if cfg["init_from"]:
             self.provenance["init_from_fingerprint"] = weights_fingerprint(cfg["init_from"])
+        if ckpt is not None and ckpt.get("init_from_fingerprint") != self.provenance.get("init_from_fingerprint"):
+            raise ValueError(f"{cfg['resume']}: this Combiner trains on the CLIP of {cfg['init_from']}, which is "
+                             f"another file now ({ckpt.get('init_from_fingerprint')} when the run began)")
         train = merge_sets(load_composed(cfg["dataset"], cfg["data_root"], "train"))
         if not train.has_targets:
             raise ValueError(f"{train.source}: pairs without targets cannot train")
@@ -183,7 +186,7 @@ class ComposedStage2(_Composed):
         files = [path for paths in cset.item_images for path in paths]
         prefix = "-".join(filter(None, ["composed", cfg["dataset"], split, cset.name]))
         return feature_cache(cfg["cache_dir"], prefix, identity, data, files, lambda: encode_composed(
-            self.wrapper, cset, self.preprocess, self.dev, cfg["batch_size"], cfg["num_workers"], train_captions=True))
+            self.wrapper, cset, self.preprocess, self.dev, 64, cfg["num_workers"], train_captions=True))
 
     def _draw_tables(self, train):
         """Per item the rows of its views, per pair the rows of its caption variants (start, count, order)."""
@@ -248,7 +251,7 @@ def load_stage2(path, device="cpu"):
     ckpt = safe_load(path, "a stage-2 checkpoint of train_composed.py")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "composed" or "combiner_args" not in ckpt:
         raise ValueError(f"{path}: not a stage-2 checkpoint of train_composed.py (no combiner in it)")
-    cfg, expected = ckpt["config"], ckpt.get("init_from_fingerprint")
+    cfg, expected = ckpt["config"], ckpt.get("init_from_fingerprint") or {}
     if cfg.get("init_from"):
         got = weights_fingerprint(cfg["init_from"]) if Path(cfg["init_from"]).is_file() else None
         if got is None or any(got[k] != expected.get(k) for k in ("sha256_first_mb", "bytes")):
