@@ -1,7 +1,9 @@
-"""Caption metrics (BLEU-1..4, METEOR, ROUGE_L, CIDEr) through pycocoevalcap, and a CLIP cosine score.
+"""Caption metrics (BLEU-1..4, METEOR, ROUGE_L, CIDEr) through pycocoevalcap, and two CLIP scores.
 
-    from metrics.caption import evaluate_caption, clip_score
+    from metrics.caption import evaluate_caption, caption_scores, mean_cosine, clipscore
     evaluate_caption([["a brown wooden chair", "a chair"]], ["A wooden chair."])   # -> {'BLEU-1': ..., 'CIDEr': ...}
+    scores, per_item = caption_scores(gold, pred)   # the same, and each item's CIDEr and METEOR statistics
+    meteor_from_stats(per_item["METEOR_stats"])      # == scores["METEOR"]; any multiset of items (a bootstrap)
 
 The numbers are the standard COCO-caption ones: captions go through pycocoevalcap's PTBTokenizer
 (Stanford CoreNLP 3.4.1 jar, lower-cased, punctuation tokens dropped), then Bleu(4), Meteor (METEOR 1.5 jar
@@ -11,6 +13,16 @@ SPICE is left out: it downloads Stanford CoreNLP models on first use.
 
 Java is needed for the tokenizer and for METEOR. Without Java, `meteor=False` still works: the tokenizer is
 replaced by metrics.ptb_tokenizer.ptb_tokenize_python, a pure-python imitation (a warning says so).
+
+Per item: corpus CIDEr is the mean of the items' CIDEr (its IDF comes from all the references given), so a subset
+or resample of items is scored by averaging theirs. Corpus METEOR is not a mean of segment scores: METEOR pools
+the segments' match statistics first, so a multiset of items is scored by giving METEOR their statistics again
+(meteor_from_stats), which is what METEOR itself does for the whole corpus.
+
+CLIP scores of a caption against a shape embedding: mean_cosine is the plain mean cosine of paired rows;
+clipscore is Hessel et al. 2021's CLIPScore, 2.5 * max(cos, 0) averaged, meant to be computed with a CLIP
+independent of the model being evaluated (evaluate_caption.py --clipscore_model) and the candidate prefixed
+with CLIPSCORE_PROMPT.
 """
 import atexit
 import shutil
@@ -28,6 +40,8 @@ JAVA_HELP = (
     "pure-python imitation of PTBTokenizer."
 )
 METRIC_KEYS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr"]
+CLIPSCORE_WEIGHT = 2.5  # Hessel et al.'s w: it stretches CLIP's typical cosines (up to ~0.4) towards [0, 1]
+CLIPSCORE_PROMPT = "A photo depicts"  # Hessel et al. prefix every candidate with it
 
 
 def java_available():
@@ -110,24 +124,58 @@ def close_meteor():
             _meteor = None
 
 
-def _meteor_score(gts, res):
+def _meteor_process():
+    """The running METEOR scorer, started when there is none (call with _meteor_lock held)."""
     global _meteor
     from pycocoevalcap.meteor.meteor import Meteor
 
+    if _meteor is None or _meteor.meteor_p.poll() is not None:
+        _meteor = Meteor()
+        atexit.unregister(close_meteor)  # registered once, however many processes were started
+        atexit.register(close_meteor)
+    return _meteor
+
+
+def _meteor_call(work):
+    """work(scorer) under the lock; a failure kills the process, whose line protocol is then out of step."""
+    global _meteor
     with _meteor_lock:
-        if _meteor is None or _meteor.meteor_p.poll() is not None:
-            _meteor = Meteor()
-            atexit.unregister(close_meteor)  # registered once, however many processes were started
-            atexit.register(close_meteor)
+        scorer = _meteor_process()
         try:
-            score, _ = _meteor.compute_score(gts, res)
+            return work(scorer)
         except Exception as e:
-            # the line protocol is out of step (or java died): never reuse this process
-            proc = _meteor.meteor_p
-            _kill_meteor(_meteor)
+            proc = scorer.meteor_p
+            _kill_meteor(scorer)
             _meteor = None
             raise RuntimeError(f"METEOR (java, exit code {proc.returncode}) failed: {e!r}") from e
-    return float(score)
+
+
+def _meteor_eval(scorer, stats):
+    """METEOR's EVAL of segment statistics, as pycocoevalcap's compute_score sends it: it answers one score per
+    segment, then the corpus score of the pooled statistics."""
+    p = scorer.meteor_p
+    p.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+    p.stdin.flush()
+    for _ in stats:
+        p.stdout.readline()
+    return float(p.stdout.readline().strip())
+
+
+def _meteor_score(gts, res):
+    """(corpus METEOR, each item's statistics line): compute_score's SCORE and EVAL calls, keeping the statistics."""
+    def work(scorer):
+        stats = [scorer._stat(res[i][0], gts[i]) for i in gts]
+        return _meteor_eval(scorer, stats), stats
+
+    return _meteor_call(work)
+
+
+def meteor_from_stats(stats):
+    """Corpus METEOR of the items whose statistics lines (caption_scores' per_item["METEOR_stats"]) are given,
+    repeats included: the statistics of all of them are pooled, as for one corpus."""
+    if not stats:
+        raise ValueError("no METEOR statistics to score")
+    return _meteor_call(lambda scorer: _meteor_eval(scorer, list(stats)))
 
 
 # ----------------------------------------------------------------------------- public API
@@ -139,6 +187,13 @@ def evaluate_caption(gold_captions, pred_captions, meteor=True):
     Returns {"BLEU-1".."BLEU-4", "METEOR", "ROUGE_L", "CIDEr": float}; no "METEOR" key when meteor=False.
     CIDEr (CIDEr-D) takes its IDF from the references given, so it is only comparable on the same gold set.
     """
+    return caption_scores(gold_captions, pred_captions, meteor)[0]
+
+
+def caption_scores(gold_captions, pred_captions, meteor=True):
+    """(evaluate_caption's dict, per item: {"CIDEr": [float], "METEOR_stats": [METEOR's statistics line]}) from one
+    pass of the scorers. The mean of the items' CIDEr is the corpus CIDEr; meteor_from_stats of their statistics
+    is the corpus METEOR (no "METEOR_stats" when meteor=False)."""
     gts, res = _check_inputs(gold_captions, pred_captions)
     use_java = java_available()
     if not use_java:
@@ -154,33 +209,46 @@ def evaluate_caption(gold_captions, pred_captions, meteor=True):
 
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     out = {f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)}
+    per_item = {}
     if meteor:
-        out["METEOR"] = _meteor_score(gts, res)
+        out["METEOR"], per_item["METEOR_stats"] = _meteor_score(gts, res)
     out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-    return out
+    cider, per_item["CIDEr"] = Cider().compute_score(gts, res)
+    out["CIDEr"] = float(cider)
+    per_item["CIDEr"] = [float(c) for c in per_item["CIDEr"]]
+    return out, per_item
 
 
-def clip_score(image_features, text_features):
-    """Mean cosine similarity of paired rows (row i of images with row i of texts), as a plain float.
+def _unit_rows(x, name):
+    if hasattr(x, "detach"):  # torch tensor, possibly fp16 or on the GPU
+        x = x.detach().float().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (N, D) with N >= 1, got {x.shape}")
+    norms = np.linalg.norm(x, axis=1)
+    if not np.all(norms > 0):
+        raise ValueError(f"{name} row {int(np.argmin(norms))} has zero norm (cosine undefined)")
+    return x / norms[:, None]
 
-    Features need not be normalised. numpy arrays or torch tensors, shape (N, D) or (D,) for one pair.
-    This is the raw mean cosine, not Hessel et al.'s CLIPScore (2.5 * max(cos, 0)).
-    """
-    def as_2d(x, name):
-        if hasattr(x, "detach"):  # torch tensor, possibly fp16 or on the GPU
-            x = x.detach().float().cpu().numpy()
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 1:
-            x = x[None]
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise ValueError(f"{name} must have shape (N, D) with N >= 1, got {x.shape}")
-        norms = np.linalg.norm(x, axis=1)
-        if not np.all(norms > 0):
-            raise ValueError(f"{name} row {int(np.argmin(norms))} has zero norm (cosine undefined)")
-        return x / norms[:, None]
 
-    img, txt = as_2d(image_features, "image_features"), as_2d(text_features, "text_features")
+def paired_cosines(image_features, text_features):
+    """Cosine of row i of images with row i of texts, as a float64 array. Features need not be normalised; numpy
+    arrays or torch tensors, shape (N, D) or (D,) for one pair."""
+    img, txt = _unit_rows(image_features, "image_features"), _unit_rows(text_features, "text_features")
     if img.shape != txt.shape:
         raise ValueError(f"image_features {img.shape} and text_features {txt.shape} must have the same shape")
-    return float(np.mean(np.sum(img * txt, axis=1)))
+    return np.sum(img * txt, axis=1)
+
+
+def mean_cosine(image_features, text_features):
+    """Mean cosine of paired rows, a plain float (the `cosine_same_model` of evaluate_caption.py when the features
+    come from the evaluated model itself). Not Hessel et al.'s CLIPScore: see clipscore."""
+    return float(np.mean(paired_cosines(image_features, text_features)))
+
+
+def clipscore(image_features, text_features, w=CLIPSCORE_WEIGHT):
+    """Hessel et al. 2021's CLIPScore: the mean over pairs of w * max(cos, 0), w = 2.5. Published figures use an
+    independent CLIP (ViT-B/32) and candidates prefixed with CLIPSCORE_PROMPT; both are the caller's to supply."""
+    return float(np.mean(w * np.maximum(paired_cosines(image_features, text_features), 0.0)))

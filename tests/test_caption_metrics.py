@@ -1,5 +1,6 @@
-"""metrics.caption against pycocoevalcap called directly, clip_score against a manual cosine, and the pure-python
-PTB tokenizer against the Java one.
+"""metrics.caption against pycocoevalcap called directly (corpus scores, per-item CIDEr, METEOR of a resample of
+items), mean_cosine and Hessel et al.'s CLIPScore against hand computations, and the pure-python PTB tokenizer
+against the Java one.
 
     .venv/bin/python -m pytest -q tests/test_caption_metrics.py
 
@@ -161,7 +162,7 @@ def test_meteor_process_is_ended_after_a_failure(monkeypatch):
             self.meteor_p = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                              stderr=subprocess.PIPE)
 
-        def compute_score(self, gts, res):
+        def _stat(self, hypothesis, references):
             raise ValueError("could not convert string to float: ''")
 
     ec.close_meteor()
@@ -191,19 +192,57 @@ def test_python_tokenizer_matches_ptb():
         assert ptb_tokenize_python(s) == java[i][0], s
 
 
-def test_clip_score():
+def test_mean_cosine():
     rng = np.random.default_rng(0)
     img, txt = rng.normal(size=(7, 16)) * 3, rng.normal(size=(7, 16))
     manual = np.mean([a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(img, txt)])
-    score = ec.clip_score(img, txt)
+    score = ec.mean_cosine(img, txt)
     assert type(score) is float and score == pytest.approx(manual, rel=1e-10)
     torch = pytest.importorskip("torch")
-    assert ec.clip_score(torch.tensor(img), torch.tensor(txt)) == pytest.approx(manual, rel=1e-5)
-    assert ec.clip_score(img[0], 2 * img[0]) == pytest.approx(1.0)
+    assert ec.mean_cosine(torch.tensor(img), torch.tensor(txt)) == pytest.approx(manual, rel=1e-5)
+    assert ec.mean_cosine(img[0], 2 * img[0]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same shape"):
-        ec.clip_score(img, txt[:3])
+        ec.mean_cosine(img, txt[:3])
     with pytest.raises(ValueError, match="zero norm"):
-        ec.clip_score(np.zeros((1, 4)), np.ones((1, 4)))
+        ec.mean_cosine(np.zeros((1, 4)), np.ones((1, 4)))
+
+
+def test_clipscore_is_hessels_formula():
+    """CLIPScore = mean of 2.5 * max(cos, 0): cosines 1, 0.6, 0, -0.8 by construction (unnormalised rows)."""
+    img = np.array([[2.0, 0.0], [3.0, 0.0], [0.0, 5.0], [1.0, 0.0]])
+    txt = np.array([[7.0, 0.0], [0.6, 0.8], [4.0, 0.0], [-0.8, 0.6]])
+    assert ec.clipscore(img, txt) == pytest.approx(2.5 * (1.0 + 0.6 + 0.0 + 0.0) / 4, rel=1e-12)
+    assert ec.mean_cosine(img, txt) == pytest.approx((1.0 + 0.6 + 0.0 - 0.8) / 4, rel=1e-12)
+    assert ec.clipscore(img, txt, w=1.0) == pytest.approx((1.0 + 0.6) / 4, rel=1e-12)
+
+
+@needs_java
+def test_per_item_cider_is_pycocoevalcaps_per_image_cider():
+    """Each item's CIDEr is what pycocoevalcap returns per image (IDF from all the references), and their mean is
+    the corpus CIDEr."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    scores, per_item = ec.caption_scores(GOLD, PRED, meteor=False)
+    assert scores == ec.evaluate_caption(GOLD, PRED, meteor=False) and "METEOR_stats" not in per_item
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in ([g] if isinstance(g, str) else g)] for i, g in enumerate(GOLD)})
+    res = tok.tokenize({i: [{"caption": p}] for i, p in enumerate(PRED)})
+    assert per_item["CIDEr"] == pytest.approx(list(Cider().compute_score(gts, res)[1]), rel=1e-12)
+    assert np.mean(per_item["CIDEr"]) == pytest.approx(scores["CIDEr"], rel=1e-12)
+
+
+@needs_java
+def test_meteor_of_a_resample_is_meteor_of_the_repeated_items(ours):
+    """A bootstrap resample of items (repeats included) scored from the statistics equals METEOR run on the
+    resampled captions themselves; all items together give the corpus METEOR."""
+    scores, per_item = ec.caption_scores(GOLD, PRED)
+    assert scores["METEOR"] == ours["METEOR"] == ec.meteor_from_stats(per_item["METEOR_stats"])
+    for picks in ([0, 0, 3, 5, 5, 5], [1, 2, 2, 4]):
+        want = ec.evaluate_caption([GOLD[i] for i in picks], [PRED[i] for i in picks])["METEOR"]
+        assert ec.meteor_from_stats([per_item["METEOR_stats"][i] for i in picks]) == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match="no METEOR statistics"):
+        ec.meteor_from_stats([])
 
 
 def test_evaluate_caption_cli_module_reexports_and_baselines():

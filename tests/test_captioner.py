@@ -196,7 +196,7 @@ def test_evaluate_caption_cli_scores_generative(tmp_path, captioner_ckpt):
 
     report = json.loads(out.read_text())
     assert set(report["captioners"]) == {"retrieval", "generative", "generic", "category", "nearest_caption"}
-    assert {"CIDEr", "BLEU-4", "CLIPScore"} <= set(report["captioners"]["generative"])
+    assert {"CIDEr", "BLEU-4", "cosine_same_model"} <= set(report["captioners"]["generative"])
     assert all(isinstance(e["generative"], str) and e["generative"] for e in report["examples"])
 
 
