@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 export PYOPENGL_PLATFORM ?= egl
 export EGL_PLATFORM ?= surfaceless
 
-.PHONY: setup demo test test-slow bench gpu-smoke tensorboard clean-data
+.PHONY: setup demo demo-seeds test test-slow bench gpu-smoke tensorboard clean-data
 
 setup: $(STAMP)
 	@bash scripts/check_system.sh
@@ -18,6 +18,10 @@ $(STAMP): requirements.txt
 
 demo: setup
 	$(PY) scripts/demo.py
+
+# the demo's training stages with seeds 0, 1, 2 and bootstrap intervals over test models: logs/demo-seeds/results.md
+demo-seeds: setup
+	$(PY) scripts/demo.py --seeds 3
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" tests

@@ -1,16 +1,25 @@
-"""The whole pipeline, end to end, on the embedded toy dataset with the tiny model (what `make demo` runs).
+"""The whole pipeline, end to end, on the embedded toy dataset with the tiny model (what `make demo` runs), and the
+same training stages over several seeds with bootstrap intervals (what `make demo-seeds` runs).
 
-    .venv/bin/python scripts/demo.py
+    .venv/bin/python scripts/demo.py              # one seed (0): logs/demo/results.json, results.md
+    .venv/bin/python scripts/demo.py --seeds 3    # seeds 0, 1, 2: logs/demo-seeds/results.json, results.md
 
 Steps: build data/pix3d_toy (Pix3D's format) -> render 12 views per model -> usable_samples.jsonl ->
-zero-shot -> linear probe -> full fine-tune -> Recall@K and caption metrics on the test split ->
-generative captioner -> photo -> shape retrieval (zero-shot, stage 2 image tower, stage 3 joint).
+random init (the untrained model) -> linear probe -> full fine-tune -> Recall@K and caption metrics on the test
+split -> generative captioner -> photo -> shape retrieval (untrained, stage 2 image tower, stage 3 joint).
 Writes logs/demo/results.json, logs/demo/results.md and the pictures beside them; every table holds the shortcut
 baselines of metrics/baselines.py (no text-image learning) and the chance level beside the models. Every step
-that already finished is kept (data, renders, feature cache); the two training runs start fresh each time.
+that already finished is kept (data, renders, feature cache); the training runs start fresh each time.
 The tiny model is random-init and trained from scratch here: its numbers show the pipeline works, not what
 CLIP does. For real Pix3D and ViT-B/32, see the README.
+
+--seeds N keeps the data, renders and splits and trains, for each seed s in 0..N-1 with seed s: the linear probe,
+full fine-tuning, the generative captioner, photo -> shape stage 2, stage 2 without its identity cross-entropy
+(ce_weight 0) and stage 3. Each seed's reports and per-query values go to logs/demo-seeds/seed_<s>/; results.json
+holds, for every run and metric, the per-seed values, their mean and sd and a 95% bootstrap interval over test
+models, and the paired comparisons of COMPARISONS with a verdict (metrics/bootstrap.py).
 """
+import argparse
 import shutil
 import sys
 import time
@@ -28,17 +37,26 @@ import train_shape_stage2  # noqa: E402
 import train_shape_stage3  # noqa: E402
 from eval_recall import retrieval_report  # noqa: E402
 from evaluate_caption import caption_report  # noqa: E402
-from features import encode_split  # noqa: E402
-from metrics.caption import java_available  # noqa: E402
+from features import encode_photo_split, encode_split  # noqa: E402
+from metrics.baselines import nearest_captions, split_dataset  # noqa: E402
+from metrics.bootstrap import N_RESAMPLES, aggregate_seeds  # noqa: E402
+from metrics.caption import caption_scores, java_available  # noqa: E402
+from metrics.per_query import (caption_records, colour_category_records, photo2shape_records,  # noqa: E402
+                               text2shape_records)
 from models.caption_decoder import load_captioner, make_captioner  # noqa: E402
-from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label  # noqa: E402
+from models.clip_wrapper import TINY, CLIPWrapper, load_checkpoint, load_clip, model_label  # noqa: E402
 from scripts import generate_jsonl, make_toy_pix3d, render_objs  # noqa: E402
 from utils import get_device, read_jsonl, write_json  # noqa: E402
 
 # ----------------------------------------------------------------------------- config
 DATA = ROOT / "data/pix3d_toy"
 OUT = ROOT / "logs/demo"
+SEEDS_OUT = ROOT / "logs/demo-seeds"
+TOY_ARGS = []                     # extra arguments for make_toy_pix3d.main (the data is built once: make clean-data)
+SPLIT_FRACTIONS = "0.8,0.1,0.1"   # generate_jsonl's --split_fractions (splits.json keeps old splits: make clean-data)
 CLIP_MODEL = "tiny"
+# the untrained model's row is named for what it is: a random network for tiny, zero-shot CLIP for real weights
+UNTRAINED = "random_init" if CLIP_MODEL == TINY else "zero_shot"
 COMMON = dict(clip_model=CLIP_MODEL, data_jsonl=str(DATA / "usable_samples.jsonl"), logs_dir=str(ROOT / "logs"),
               weights_dir=str(ROOT / "weights"), cache_dir=str(ROOT / "data/cache"), seed=0)
 LINEAR = dict(train_clip_linear.PRESET, **COMMON, run_name="demo-linear")
@@ -49,11 +67,25 @@ FULL = dict(train_clip_full.PRESET, **COMMON, run_name="demo-full", lr=5e-4, wei
 SHAPE_STAGE2 = dict(train_shape_stage2.PRESET, **COMMON, run_name="demo-shape-stage2", lr=5e-4, epochs=8)
 SHAPE_STAGE3 = dict(train_shape_stage3.PRESET, **COMMON, run_name="demo-shape-stage3", lr=2e-4, epochs=6,
                     init_from=str(ROOT / "weights/demo-shape-stage2/best.pt"))
+# --seeds only: stage 2 with the identity cross-entropy weighted 0 (same parameters and batches, no ce gradient)
+SHAPE_STAGE2_NO_CE = dict(SHAPE_STAGE2, run_name="demo-shape-stage2-no-ce", ce_weight=0.0)
+RUNS = {"linear": LINEAR, "full": FULL, "stage2": SHAPE_STAGE2, "stage2_no_ce": SHAPE_STAGE2_NO_CE,
+        "stage3": SHAPE_STAGE3}
+BOOTSTRAP_SEED = 0                # resamples of the test models: N_RESAMPLES (1000) of them, drawn with this seed
 SHAPE_KEYS = ["photo2shape_R@1", "photo2shape_R@5", "photo2shape_R@10", "photo2shape_mAP", "category/photo2shape_R@1"]
 KEYS = ["text2image_R@1", "text2image_R@5", "text2image_R@10", "image2text_R@1", "image2text_R@5",
         "image2text_R@10", "text2image_mAP", "image2text_mAP"]
 SHAPE_ONLY_KEYS = ["shape_only/text2image_R@1", "shape_only/text2image_R@5", "shape_only/text2image_R@10",
                    "shape_only/text2image_mAP"]
+TEXT2SHAPE_COMPARED = ["text2image_R@1", "text2image_R@5", "text2image_R@10", "text2image_mAP"] + SHAPE_ONLY_KEYS
+# (family, A, B, metrics): the paired bootstrap of A - B that --seeds reports
+COMPARISONS = [("text2shape", "linear", "full", TEXT2SHAPE_COMPARED),
+               ("text2shape", "full", "colour_category", TEXT2SHAPE_COMPARED),
+               ("photo2shape", "stage2", "stage3", ["photo2shape_R@1", "photo2shape_mAP"]),
+               ("photo2shape", "stage2", "stage2_no_ce", ["photo2shape_R@1", "photo2shape_mAP"]),
+               ("captions", "generative", "retrieval", ["CIDEr", "METEOR"]),
+               ("captions", "generative", "nearest_caption", ["CIDEr", "METEOR"]),
+               ("captions", "retrieval", "nearest_caption", ["CIDEr", "METEOR"])]
 
 
 def step(title):
@@ -61,16 +93,34 @@ def step(title):
     return time.time()
 
 
-def main():
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="The pipeline on the toy dataset with the tiny model.")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="train every stage with seeds 0..N-1 and write logs/demo-seeds/ with bootstrap intervals "
+                         "(default: the one-seed demo, seed 0, logs/demo/)")
+    args = ap.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        ap.error(f"--seeds {args.seeds}: at least 1")
     t_start = time.time()
     device = get_device("auto")
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT if args.seeds is None else SEEDS_OUT
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_data(out)
+    if args.seeds is None:
+        one_seed(device)
+    else:
+        several_seeds(args.seeds, device)
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}; demo took {(time.time() - t_start) / 60:.1f} min")
 
+
+def prepare_data(out):
+    """Steps 1-3: the toy dataset, its renders and usable_samples.jsonl (each kept when already there), and a
+    contact sheet of one model per category in `out`."""
     t = step("1/9 toy Pix3D dataset")
     if (DATA / "pix3d.json").exists():
         print(f"kept {DATA} (delete it to rebuild)")
     else:
-        make_toy_pix3d.main(["--out_dir", str(DATA)])
+        make_toy_pix3d.main(["--out_dir", str(DATA), *TOY_ARGS])
     print(f"({time.time() - t:.0f}s)")
 
     t = step("2/9 render 12 views per model")
@@ -80,45 +130,66 @@ def main():
     print(f"({time.time() - t:.0f}s)")
 
     t = step("3/9 usable_samples.jsonl")
-    generate_jsonl.main(["--json_path", str(DATA / "pix3d.json")])
+    generate_jsonl.main(["--json_path", str(DATA / "pix3d.json"), "--split_fractions", SPLIT_FRACTIONS])
     rows = read_jsonl(DATA / "usable_samples.jsonl")
     sheet_rows = [next(r for r in rows if r["category"] == c) for c in sorted({r["category"] for r in rows})]
-    render_objs.contact_sheet([DATA / v for r in sheet_rows for v in r["views"]], OUT / "renders_contact_sheet.png",
+    render_objs.contact_sheet([DATA / v for r in sheet_rows for v in r["views"]], out / "renders_contact_sheet.png",
                               ncols=12, thumb=80)
-    print(f"contact sheet: {OUT / 'renders_contact_sheet.png'} ({time.time() - t:.0f}s)")
+    print(f"contact sheet: {out / 'renders_contact_sheet.png'} ({time.time() - t:.0f}s)")
 
-    results, label = {}, model_label(CLIP_MODEL)
-    t = step("4/9 zero-shot (untrained tiny model)")
-    model, preprocess = load_clip(CLIP_MODEL, device, seed=COMMON["seed"])
-    zero = CLIPWrapper(model, "zero_shot").eval()
-    results["zero_shot"] = retrieval_report(zero, preprocess, COMMON["data_jsonl"], "test", OUT / "zero_shot",
-                                            f"{label}, zero-shot", device=device)
+
+def train_fresh(preset, device):
+    """Train one preset from scratch (its earlier logs and weights removed): (wrapper, preprocess, best.pt)."""
+    for d in (Path(preset["logs_dir"]) / preset["run_name"], Path(preset["weights_dir"]) / preset["run_name"]):
+        shutil.rmtree(d, ignore_errors=True)
+    best = Path(train.main([], preset=preset)["weights_dir"]) / "best.pt"
+    wrapper, preprocess, _ = load_checkpoint(best, device)
+    return wrapper, preprocess, best
+
+
+def presets_for(common=COMMON, extra=None, seed=None):
+    """{run: config} of RUNS with `common` and `extra` (tests: short runs) on top; with a seed, that seed and the run
+    names demo-seeds-s<seed>-<run>. Stage 3 starts from the stage 2 of the same set."""
+    presets = {}
+    for name, preset in RUNS.items():
+        presets[name] = {**preset, **common, **(extra or {})}
+        if seed is not None:
+            presets[name].update(seed=seed, run_name=f"demo-seeds-s{seed}-{name}")
+    presets["stage3"]["init_from"] = str(Path(common["weights_dir"]) / presets["stage2"]["run_name"] / "best.pt")
+    return presets
+
+
+def one_seed(device, common=COMMON, out=OUT, extra=None, captioner_argv=()):
+    """Steps 4-9 with seed 0: out/results.json and results.md (extra, captioner_argv: tests' short runs)."""
+    results, label, presets, jsonl = {}, model_label(CLIP_MODEL), presets_for(common, extra), common["data_jsonl"]
+    t = step(f"4/9 {UNTRAINED} (the untrained model)")
+    model, preprocess = load_clip(CLIP_MODEL, device, seed=common["seed"])
+    untrained = CLIPWrapper(model, "zero_shot").eval()
+    results[UNTRAINED] = retrieval_report(untrained, preprocess, jsonl, "test", out / UNTRAINED, f"{label}, untrained",
+                                          device=device)
     print(f"({time.time() - t:.0f}s)")
 
-    for name, preset, n in (("linear", LINEAR, 5), ("full", FULL, 6)):
+    for name, n in (("linear", 5), ("full", 6)):
         t = step(f"{n}/9 {name} training")
-        for d in (ROOT / "logs" / preset["run_name"], ROOT / "weights" / preset["run_name"]):
-            shutil.rmtree(d, ignore_errors=True)
-        out = train.main([], preset=preset)
-        wrapper, preprocess, _ = load_checkpoint(Path(out["weights_dir"]) / "best.pt", device)
-        feats = encode_split(wrapper, preprocess, COMMON["data_jsonl"], "test", device)
-        results[name] = retrieval_report(wrapper, preprocess, COMMON["data_jsonl"], "test", OUT / name,
-                                         f"{label}, {name}", device=device, feats=feats)
+        wrapper, preprocess, best = train_fresh(presets[name], device)
+        feats = encode_split(wrapper, preprocess, jsonl, "test", device)
+        results[name] = retrieval_report(wrapper, preprocess, jsonl, "test", out / name, f"{label}, {name}",
+                                         device=device, feats=feats)
         print(f"({time.time() - t:.0f}s)")
 
     t = step("7/9 captions of the full model (retrieval captioning vs baselines)")
     meteor = java_available()
     if not meteor:
         print("note: Java not found, METEOR skipped (apt-get install default-jre-headless)")
-    captions = caption_report(wrapper, preprocess, COMMON["data_jsonl"], "test", device, meteor=meteor, feats=feats)
+    captions = caption_report(wrapper, preprocess, jsonl, "test", device, meteor=meteor, feats=feats)
     print(f"({time.time() - t:.0f}s)")
 
     t = step("8/9 generative captioner on the frozen full model")
-    generative = generative_captions(ROOT / "weights" / FULL["run_name"] / "best.pt", device, feats)
+    generative = generative_captions(best, device, feats, "demo-captioner", common["seed"], common, captioner_argv)
     print(f"({time.time() - t:.0f}s)")
 
-    t = step("9/9 photo -> shape retrieval: zero-shot, stage 2, stage 3")
-    shape = shape_retrieval(device)
+    t = step(f"9/9 photo -> shape retrieval: {UNTRAINED}, stage 2, stage 3")
+    shape = shape_retrieval(device, presets, common, out)
     print(f"({time.time() - t:.0f}s)")
 
     summary = {name: {k: r["metrics"][k] for k in r["metrics"] if not k.endswith("n_no_match")}
@@ -136,45 +207,138 @@ def main():
         "colour_histogram": colour_histogram}
     summary["model"] = label
     summary["n_test_models"] = results["full"]["n_models"]
-    write_json(OUT / "results.json", summary)
-    write_json(OUT / "caption_examples.json", captions["examples"])
-    (OUT / "results.md").write_text(results_markdown(summary))
+    write_json(out / "results.json", summary)
+    write_json(out / "caption_examples.json", captions["examples"])
+    (out / "results.md").write_text(results_markdown(summary))
     print("\n" + results_markdown(summary))
-    print(f"wrote {OUT / 'results.json'} and {OUT / 'results.md'}; demo took {(time.time() - t_start) / 60:.1f} min")
 
 
-def generative_captions(full_checkpoint, device, feats, run_name="demo-captioner"):
+def generative_captions(full_checkpoint, device, feats, run_name="demo-captioner", seed=0, common=COMMON,
+                        extra_argv=(), meteor=None, per_model=False):
     """Train the generative captioner on the frozen full model's shape embeddings and score it on the test split
-    beside retrieval captioning and the baselines (caption_report's dict)."""
-    for d in (ROOT / "logs" / run_name, ROOT / "weights" / run_name):
+    beside retrieval captioning and the baselines (caption_report's dict). extra_argv: more train_captioner
+    overrides (tests: a short run)."""
+    for d in (Path(common["logs_dir"]) / run_name, Path(common["weights_dir"]) / run_name):
         shutil.rmtree(d, ignore_errors=True)
     out = train_captioner.main([f"--clip_checkpoint={full_checkpoint}", f"--run_name={run_name}",
-                                f"--logs_dir={ROOT / 'logs'}", f"--weights_dir={ROOT / 'weights'}",
-                                f"--cache_dir={COMMON['cache_dir']}", f"--seed={COMMON['seed']}"])
+                                f"--logs_dir={common['logs_dir']}", f"--weights_dir={common['weights_dir']}",
+                                f"--cache_dir={common['cache_dir']}", f"--seed={seed}", *extra_argv])
     dec, ckpt = load_captioner(Path(out["weights_dir"]) / "best.pt", device)
     wrapper, preprocess, _ = load_checkpoint(full_checkpoint, device)
-    return caption_report(wrapper, preprocess, COMMON["data_jsonl"], "test", device, meteor=java_available(),
-                          feats=feats, captioners={"generative": make_captioner(dec, ckpt, device)}, baselines=False)
+    meteor = java_available() if meteor is None else meteor
+    return caption_report(wrapper, preprocess, common["data_jsonl"], "test", device, meteor=meteor, feats=feats,
+                          captioners={"generative": make_captioner(dec, ckpt, device)}, baselines=False,
+                          per_model=per_model)
 
 
-def shape_retrieval(device):
+def shape_retrieval(device, presets, common, out):
     """Photo -> shape on the toy photos (test split) for each stage: ({stage: {metric: value}} plus counts, the
     colour_histogram baseline's metrics on the same photos)."""
-    label, jsonl = model_label(CLIP_MODEL), COMMON["data_jsonl"]
-    model, preprocess = load_clip(CLIP_MODEL, device, seed=COMMON["seed"])
+    label, jsonl = model_label(CLIP_MODEL), common["data_jsonl"]
+    model, preprocess = load_clip(CLIP_MODEL, device, seed=common["seed"])
     r = eval_shape_retrieval.photo2shape_report(CLIPWrapper(model, "zero_shot").eval(), preprocess, jsonl, "test",
-                                                OUT / "shape_zero_shot", f"{label}, zero-shot", device=device)
-    results, baseline = {"zero_shot": r["metrics"]}, r["baselines"]["colour_histogram"]
-    for name, preset in (("stage2", SHAPE_STAGE2), ("stage3", SHAPE_STAGE3)):
-        for d in (ROOT / "logs" / preset["run_name"], ROOT / "weights" / preset["run_name"]):
-            shutil.rmtree(d, ignore_errors=True)
-        trained = train.main([], preset=preset)
-        wrapper, preprocess, _ = load_checkpoint(Path(trained["weights_dir"]) / "best.pt", device)
-        r = eval_shape_retrieval.photo2shape_report(wrapper, preprocess, jsonl, "test", OUT / f"shape_{name}",
+                                                out / f"shape_{UNTRAINED}", f"{label}, untrained", device=device)
+    results, baseline = {UNTRAINED: r["metrics"]}, r["baselines"]["colour_histogram"]
+    for name in ("stage2", "stage3"):
+        wrapper, preprocess, _ = train_fresh(presets[name], device)
+        r = eval_shape_retrieval.photo2shape_report(wrapper, preprocess, jsonl, "test", out / f"shape_{name}",
                                                     f"{label}, {name}", device=device, baselines=False)
         results[name] = r["metrics"]
     results.update(n_photos=r["n_photos"], n_photos_left_out=r["n_photos_left_out"], n_models=r["n_models"])
     return results, baseline
+
+
+# ----------------------------------------------------------------------------- --seeds N
+def run_seed(seed, out, device, common=COMMON, extra=None, captioner_argv=(), meteor=True):
+    """Every training stage with `seed`, each scored on the test split: {family: {run: {metric: record}}} of
+    metrics/per_query.py (also written to out/per_query.json), with each run's reports under `out`."""
+    presets, jsonl, label = presets_for(common, extra, seed), common["data_jsonl"], model_label(CLIP_MODEL)
+    records = {"text2shape": {}, "photo2shape": {}, "captions": {}}
+    for name in ("linear", "full"):
+        t = step(f"seed {seed}: {name} training")
+        wrapper, preprocess, best = train_fresh(presets[name], device)
+        feats = encode_split(wrapper, preprocess, jsonl, "test", device)
+        retrieval_report(wrapper, preprocess, jsonl, "test", out / name, f"{label}, {name}, seed {seed}",
+                         device=device, feats=feats, baselines=False)
+        f, ds = feats
+        records["text2shape"][name] = text2shape_records(f["image"], f["image_model"], f["text"], f["text_model"],
+                                                         [c for c, _ in ds.texts], ds.model_ids)
+        print(f"({time.time() - t:.0f}s)")
+    t = step(f"seed {seed}: generative captioner; captions of the full model")
+    report = generative_captions(best, device, feats, f"demo-seeds-s{seed}-captioner", seed, common, captioner_argv,
+                                 meteor, per_model=True)
+    for name in ("retrieval", "generative"):
+        records["captions"][name] = caption_records(report["model_ids"], report["per_model"][name])
+    print(f"({time.time() - t:.0f}s)")
+    for name in ("stage2", "stage2_no_ce", "stage3"):
+        t = step(f"seed {seed}: photo -> shape {name}")
+        wrapper, preprocess, _ = train_fresh(presets[name], device)
+        cfg = dict(train.DEFAULTS, **presets[name])
+        f, photos = encode_photo_split(wrapper, preprocess, jsonl, "test", device, cfg["keep_hard_photos"],
+                                       cfg["photo_margin"], cfg["photo_mask"])
+        records["photo2shape"][name] = photo2shape_records(f["photo"], f["photo_model"], f["view"], f["view_model"],
+                                                           photos.model_ids)
+        print(f"({time.time() - t:.0f}s)")
+    write_json(Path(out) / "per_query.json", records)
+    return records
+
+
+def several_seeds(n_seeds, device, common=COMMON, out=SEEDS_OUT, extra=None, captioner_argv=(), meteor=None,
+                  n_resamples=N_RESAMPLES):
+    """run_seed for seeds 0..n_seeds-1, the baselines (which do not train) once, and the bootstrap over test
+    models: writes out/results.json and out/results.md and returns the results."""
+    if meteor is None:
+        meteor = java_available()
+        if not meteor:
+            print("note: Java not found, METEOR skipped (apt-get install default-jre-headless)")
+    jsonl = common["data_jsonl"]
+    test = split_dataset(jsonl, "test")
+    # nearest_caption's captions are in the dataset's model order, as caption_report's models are
+    _, nearest = caption_scores(test.captions, nearest_captions(jsonl, "test"), meteor=meteor)
+    baselines = {"text2shape": {"colour_category": colour_category_records(jsonl, "test")},
+                 "captions": {"nearest_caption": caption_records(test.model_ids, nearest)}}
+    per_seed = []
+    for seed in range(n_seeds):
+        records = run_seed(seed, Path(out) / f"seed_{seed}", device, common, extra, captioner_argv, meteor)
+        for family, runs in baselines.items():
+            records[family].update(runs)
+        per_seed.append(records)
+    t = step(f"bootstrap: {n_resamples} resamples of {len(test.model_ids)} test models")
+    results = aggregate_seeds(per_seed, test.model_ids, COMPARISONS, n_resamples, BOOTSTRAP_SEED)
+    results.update(model=model_label(CLIP_MODEL), seeds=list(range(n_seeds)))
+    write_json(Path(out) / "results.json", results)
+    (Path(out) / "results.md").write_text(seeds_markdown(results))
+    print(f"({time.time() - t:.0f}s)\n\n" + seeds_markdown(results))
+    return results
+
+
+def _ci(ci):
+    return "-" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def seeds_markdown(r):
+    """results.md of --seeds: each run's metrics over seeds, then the paired comparisons."""
+    lines = [f"Seeds {', '.join(map(str, r['seeds']))}; test split: {r['n_test_models']} models; model: {r['model']}.",
+             f"Intervals: {r['level']:.0%} percentile intervals over {r['n_resamples']} bootstrap resamples of the "
+             f"test models (seed {r['bootstrap_seed']}); the gallery is always the whole test split. Baselines do "
+             f"not train: their value is the same every seed.", ""]
+    for family, runs in r["runs"].items():
+        lines += [f"{family}:", "", "| run | metric | per seed | mean | sd | 95% interval of the mean |",
+                  "|---|---|---|---|---|---|"]
+        for run, metrics in runs.items():
+            for metric, m in metrics.items():
+                sd = "-" if m["sd"] is None else f"{m['sd']:.3f}"
+                lines.append(f"| {run} | {metric} | {' '.join(f'{v:.3f}' for v in m['per_seed'])} | {m['mean']:.3f} "
+                             f"| {sd} | {_ci(m['ci95'])} |")
+        lines.append("")
+    lines += ["Paired comparisons: A - B on the same resamples of test models, the seeds' differences averaged in "
+              "each resample; \"not separable\" when the interval holds 0.", "",
+              "| A | B | metric | A - B | 95% interval | verdict | per seed A - B |", "|---|---|---|---|---|---|---|"]
+    for c in r["comparisons"]:
+        per_seed = " ".join(f"{s['diff']:+.3f}" for s in c["per_seed"])
+        lines.append(f"| {c['a']} | {c['b']} | {c['metric']} | {c['diff']:+.3f} | {_ci(c['ci95'])} | {c['verdict']} "
+                     f"| {per_seed} |")
+    return "\n".join(lines) + "\n"
 
 
 def _row(name, metrics, keys):
@@ -190,20 +354,20 @@ def shape_markdown(s, baseline=None):
     lines = [f"Photo -> shape, test split: {s['n_photos']} photos ({s['n_photos_left_out']} truncated/occluded left "
              f"out) against {s['n_models']} shapes.", "",
              "| stage | tuned | loss | " + " | ".join(SHAPE_KEYS) + " |", "|---" * (len(SHAPE_KEYS) + 3) + "|"]
-    for name, tuned, loss in (("zero_shot", "none", "-"), ("stage2", "image tower", "triplet + center + ce"),
+    for name, tuned, loss in ((UNTRAINED, "none", "-"), ("stage2", "image tower", "triplet + center + ce"),
                               ("stage3", "both towers", "SupCon")):
         lines.append(_row(f"{name} | {tuned} | {loss}", s[name], SHAPE_KEYS))
     if baseline:
         lines.append(_row("colour_histogram baseline | none | -", baseline, SHAPE_KEYS))
     lines.append(_row("chance | - | -", _chance(s["stage3"]), SHAPE_KEYS))
     lines += ["", "Pictures: " + ", ".join(f"[{n}](shape_{n}/photo2shape_gallery.png)"
-                                          for n in ("zero_shot", "stage2", "stage3")), ""]
+                                          for n in (UNTRAINED, "stage2", "stage3")), ""]
     return "\n".join(lines)
 
 
 def results_markdown(s):
     baselines = s.get("baselines", {})
-    runs = [(name, s[name]) for name in ("zero_shot", "linear", "full")]
+    runs = [(name, s[name]) for name in (UNTRAINED, "linear", "full")]
     if "colour_category" in baselines:
         runs.append(("colour_category baseline", baselines["colour_category"]))
     lines = [f"Test split: {s['n_test_models']} models; model: {s['model']}.", "",
@@ -224,7 +388,7 @@ def results_markdown(s):
     lines += [_row(f"{name} baseline", scores, cap_keys) for name, scores in captioners.items()]
     lines += ["", "Pictures: [renders](renders_contact_sheet.png), "
               + ", ".join(f"[{n} recall curve]({n}/recall_curve.png), [{n} gallery]({n}/retrieval_gallery.png)"
-                          for n in ("zero_shot", "linear", "full")), ""]
+                          for n in (UNTRAINED, "linear", "full")), ""]
     if "shape_retrieval" in s:
         lines += [shape_markdown(s["shape_retrieval"], baselines.get("colour_histogram"))]
     return "\n".join(lines)

@@ -193,16 +193,17 @@ def test_demo_tables_show_baselines_and_chance(hand_made):
     run = bl.colour_category(hand_made, "test")
     photo = bl.colour_histogram(hand_made, "test")
     captions = {"BLEU-1": 0.5, "CIDEr": 1.0}
-    s = {"zero_shot": run, "linear": run, "full": run, "model": "tiny", "n_test_models": 4,
+    s = {"random_init": run, "linear": run, "full": run, "model": "tiny", "n_test_models": 4,
          "captions": captions, "captions_baselines": {"generic": captions}, "captions_generative": captions,
          "baselines": {"colour_category": run, "nearest_caption": captions, "colour_histogram": photo},
-         "shape_retrieval": {"zero_shot": photo, "stage2": photo, "stage3": photo, "n_photos": 4,
+         "shape_retrieval": {"random_init": photo, "stage2": photo, "stage3": photo, "n_photos": 4,
                              "n_photos_left_out": 0, "n_models": 4}}
     md = demo.results_markdown(s)
     for row in ("| colour_category baseline | 0.792 |", "| chance | 0.250 | 1.000 | 1.000 |",
                 "| nearest_caption baseline", "| colour_histogram baseline | none | - | 0.500 |", "| chance | - | - | 0.250 |",
-                "Shape only: the 2 test captions"):
+                "Shape only: the 2 test captions", "| random_init |", "| random_init | none | - |"):
         assert row in md, row
+    assert demo.UNTRAINED == "random_init" and "zero_shot" not in md  # the tiny model's untrained row is no CLIP
     assert md.count("| chance |") == 3  # text <-> shape, shape only, photo -> shape
 
 
