@@ -37,7 +37,8 @@ def test_toy_sets_are_the_splits_models_and_pairs(toy):
             (e["reference"], e["target_hard"], e["caption"], e["img_set"]["members"]) for e in entries]
         assert all(path.is_file() for paths in s.item_images for path in paths) and s.exclude_reference
     # the jsonl itself names the root too
-    assert load_composed("toy", toy / "usable_samples.jsonl", "val")[0].item_ids == load_composed("toy", toy, "val")[0].item_ids
+    by_jsonl = load_composed("toy", toy / "usable_samples.jsonl", "val")[0]
+    assert by_jsonl.item_ids == load_composed("toy", toy, "val")[0].item_ids
 
 
 def test_toy_errors_name_the_file_and_the_pair(toy, tmp_path):

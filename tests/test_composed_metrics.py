@@ -108,8 +108,8 @@ def test_ranked_ids_and_cirr_submission_against_a_sort():
     torch.manual_seed(1)
     gallery, queries = torch.randn(9, 8), torch.randn(3, 8)
     ids = [f"img{j}" for j in range(9)]
-    refs, groups = ["img0", "img4", "img8"], [["img0", "img1", "img2", "img3"], ["img4", "img5", "img6", "img7", "img0"],
-                                              ["img8", "img2", "img3"]]
+    refs = ["img0", "img4", "img8"]
+    groups = [["img0", "img1", "img2", "img3"], ["img4", "img5", "img6", "img7", "img0"], ["img8", "img2", "img3"]]
     ranked, subset = ranked_ids(queries, gallery, ids, refs, top=5, subset_ids=groups)
     sims = F.normalize(queries, dim=-1) @ F.normalize(gallery, dim=-1).T
     for i in range(3):

@@ -63,7 +63,7 @@ def stage1(toy, tmp_path_factory):
     root = tmp_path_factory.mktemp("stage1")
     out = resumed_matches_uninterrupted(root, toy)
     results = json.loads((root / "a/logs/run/results.json").read_text())
-    assert results["best_mean_R@5_Rsubset@1"] == max(results["val"]["mean_R@5_Rsubset@1"], results["best_mean_R@5_Rsubset@1"])
+    assert results["best_mean_R@5_Rsubset@1"] >= results["val"]["mean_R@5_Rsubset@1"]  # the selected epoch's
     return root / "a/weights/run/best.pt", out
 
 
