@@ -14,8 +14,9 @@ Rsubset@1/2/3 where pairs have groups; FashionIQ: <garment>/R@k and their means)
     stage1_sum      element_wise_sum under the stage-1 CLIP (--stage1)
     combiner        CLIP4Cir's Combiner on its frozen CLIP (--combiner, a stage-2 checkpoint)
     moe_combiner    the MoE Combiner (--moe_combiner)
-and "chance", a random ranking. The zero-shot CLIP is --clip_model (default: the checkpoints'; for "tiny" the
-random init of --seed, default the checkpoints' seed: the model stage 1 started from).
+and "chance", a random ranking. The zero-shot CLIP is --clip_model (default: the checkpoints'); for "tiny" it is
+the untrained random init of --seed (default the checkpoints' seed: the model stage 1 started from), and
+results.json's "models" says so.
 
 Writes <out_dir>/results.json ({"rows": {row: metrics}, "chance", "n_queries", "n_gallery", "models", ...}),
 TensorBoard scalars <split>/<row>/<key> and composed_gallery.png (queries, i.e. the reference and the caption,
@@ -58,7 +59,8 @@ def _models(clip_model, clip_weights, seed, stage1, combiners, device):
     row makes its queries from that CLIP's reference and caption embeddings."""
     model, preprocess = load_clip(clip_model, device, weights=clip_weights or None, seed=seed)
     encoders = {"zero_shot": (CLIPWrapper(model, "zero_shot").eval(), preprocess)}
-    zero_shot = f"{model_label(clip_model)}, zero-shot"
+    zero_shot = (f"tiny, random init of seed {seed} (untrained)" if clip_model == "tiny"
+                 else f"{model_label(clip_model)}, zero-shot")
     rows = {"image_only": ("zero_shot", lambda i, t: i, zero_shot),
             "text_only": ("zero_shot", lambda i, t: t, zero_shot),
             "sum_zero_shot": ("zero_shot", element_wise_sum, zero_shot)}
