@@ -18,8 +18,7 @@ import torch.nn.functional as F
 
 from meshes.render import render_views
 from models.caption_decoder import DECODES
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+from multiview_dataset import image_files
 
 
 def find_inputs(path):
@@ -31,7 +30,7 @@ def find_inputs(path):
         raise ValueError(f"{path}: expected an .obj file or a folder of renders")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = image_files(path)
     if images:
         return "views", images
     objs = sorted(path.glob("*.obj"))

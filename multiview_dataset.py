@@ -28,7 +28,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 SPLITS = ("train", "val", "test", "all")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}  # what counts as an image in a folder of renders
 MAX_WARNINGS = 5  # bad lines and unreadable files named on stderr (per process); the rest are only counted
+
+
+def image_files(folder):
+    """The images of a folder (a shape's renders: view_00.png, ...), sorted by name; [] when it holds none."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load_image(path):

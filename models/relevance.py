@@ -44,6 +44,8 @@ def relevance_maps(wrapper, preprocess, text, images, device="cpu", start_layer=
     rollout goes through (0: all of them, as Chefer et al.; -1: the last only); ignored for ResNets. All zero when
     nothing raises the score (Grad-CAM of an untrained ResNet can be negative everywhere)."""
     sizes = {im.size for im in images}
+    if not images:
+        raise ValueError("no views to explain")
     if len(sizes) != 1:
         raise ValueError(f"the views must share one size to stack their maps, got sizes {sorted(sizes)}")
     (width, height), = sizes
@@ -63,6 +65,13 @@ def relevance_maps(wrapper, preprocess, text, images, device="cpu", start_layer=
     maps = _onto_images(grid.float(), width, height)
     top = maps.max()
     return (maps / top if top > 0 else maps).cpu().numpy().astype(np.float32)
+
+
+def shape_text_score(wrapper, preprocess, text, images, device="cpu"):
+    """The score relevance_maps explains: match_score of the views (PIL images) and the text, as a float."""
+    pixels = torch.stack([preprocess(im.convert("RGB")) for im in images]).to(device, wrapper.model.dtype)
+    with torch.no_grad():
+        return match_score(wrapper.encode_image(pixels), _text_embedding(wrapper, text, device)).item()
 
 
 def match_score(view_embeddings, text_embedding):
@@ -152,17 +161,19 @@ def _onto_images(grid, width, height):
 
 def relevance_figure(images, maps, path, title=None, thumb=160):
     """A PNG grid of the views (FIGURE_COLUMNS per row, each `thumb` px) with the relevance as a heat overlay
-    (matplotlib's 'jet': blue for none, red for the most) and each view's share of the total relevance under it."""
+    (matplotlib's 'jet': blue for none, red for the most) and each view's share of the total relevance under it;
+    `title` may hold several lines. Returns path."""
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
-    pad, title_h, label_h = 6, 18 if title else 0, 14
+    pad, label_h = 6, 14
+    title_h = 14 * len(title.splitlines()) + 4 if title else 0  # a line of PIL's default font is ~11 px high
     cols = min(FIGURE_COLUMNS, len(images))
     rows = math.ceil(len(images) / cols)
     sheet = Image.new("RGB", (pad + cols * (thumb + pad), pad + title_h + rows * (thumb + label_h + pad)), "white")
     draw = ImageDraw.Draw(sheet)
     if title:
-        draw.text((pad, pad), title, fill="black")
+        draw.multiline_text((pad, pad), title, fill="black")
     heat = colormaps["jet"]
     total = float(np.sum(maps)) or 1.0
     for i, (image, m) in enumerate(zip(images, maps)):

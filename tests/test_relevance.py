@@ -190,3 +190,22 @@ def test_figure_writes_a_png_of_the_expected_size(tmp_path):
         assert im.size == (6 + 6 * 56, 6 + 18 + 2 * (50 + 14 + 6))
         hot = np.asarray(im.convert("RGB"))[24:74, 6:56].astype(int)
     assert np.abs(hot - np.asarray(images[0].resize((50, 50)))).max() > 50  # the heat is drawn over the view
+
+
+def test_explain_match_script(tmp_path, capsys):
+    from scripts import explain_match
+
+    folder = tmp_path / "chair_01"
+    folder.mkdir()
+    for i, im in enumerate(views(3, size=(64, 64))):
+        im.save(folder / f"view_{i:02d}.png")
+    (folder / "views.json").write_text("{}")  # not an image: left out
+    out = tmp_path / "why.png"
+    assert explain_match.main(["--clip_model", "tiny", "--text", TEXTS[0], "--views", str(folder), "--out", str(out),
+                               "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "view_00.png" in printed and "view_02.png" in printed and f"wrote {out}" in printed
+    with Image.open(out) as im:
+        assert im.size == (6 + 3 * 166, 6 + 32 + 160 + 14 + 6)  # 3 views of 160 px, a two-line title
+    with pytest.raises(SystemExit):
+        explain_match.main(["--clip_model", "tiny", "--text", "a chair", "--views", str(tmp_path / "missing")])
