@@ -43,15 +43,15 @@ def relevance_maps(wrapper, preprocess, text, images, device="cpu", start_layer=
     the shape shown by `images` (PIL images of its views) matches `text`. start_layer: the first ViT block the
     rollout goes through (0: all of them, as Chefer et al.; -1: the last only); ignored for ResNets. All zero when
     nothing raises the score (Grad-CAM of an untrained ResNet can be negative everywhere)."""
-    sizes = {im.size for im in images}
     if not images:
         raise ValueError("no views to explain")
+    sizes = {im.size for im in images}
     if len(sizes) != 1:
         raise ValueError(f"the views must share one size to stack their maps, got sizes {sorted(sizes)}")
     (width, height), = sizes
     model = wrapper.model
     pixels = torch.stack([preprocess(im.convert("RGB")) for im in images]).to(device, model.dtype)
-    was_training = wrapper.training
+    modes = {m: m.training for m in wrapper.modules()}  # restored one by one: a frozen part may sit in eval mode
     wrapper.eval()
     try:
         with torch.enable_grad():
@@ -61,7 +61,8 @@ def relevance_maps(wrapper, preprocess, text, images, device="cpu", start_layer=
             else:
                 grid = gradcam(wrapper, pixels, text_embedding)
     finally:
-        wrapper.train(was_training)
+        for m, training in modes.items():
+            m.train(training)
     maps = _onto_images(grid.float(), width, height)
     top = maps.max()
     return (maps / top if top > 0 else maps).cpu().numpy().astype(np.float32)
