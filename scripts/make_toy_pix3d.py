@@ -60,7 +60,7 @@ P_TRUNCATED = 0.10    # share of photos whose camera is shifted so the object le
 P_OCCLUDED = 0.12     # share of photos with a rectangle painted over part of the object
 FOCAL_MM = (28.0, 50.0)
 P_EDITED = 0.35       # share of base models that get edit variants (one or two) for composed retrieval
-HELD_OUT_CYCLE = ("colour", "part", None)  # what the k-th test base model of a category is forced to show
+HELD_OUT_CYCLE = ("colour", None, None, "part", None, None)  # what the k-th test base model of a category shows
 
 
 # ----------------------------------------------------------------------------- files of one model
