@@ -11,6 +11,9 @@ render settings and its views pooled as the indexed shapes' are. Prints the top 
 and writes into --out_dir (default <index>/searches/<date>-<time>-<kind>-<4 hex>/): results.html (the query
 beside its top-k thumbnails, ids and scores; opens offline), results.json, query.png and thumbnails/.
 --backend exact|faiss|auto (auto: FAISS above 100,000 shapes when it is installed; the results are the same).
+--explain N (text queries): for each of the top N shapes, explain_<rank>.png beside results.html shows which pixels
+of which views the match depends on (models/relevance.py: attention rollout for ViT CLIPs, Grad-CAM for ResNets);
+the shape's mesh is rendered again with the index's settings.
 """
 import argparse
 import secrets
@@ -45,11 +48,18 @@ def parse_args(argv):
     ap.add_argument("--out_dir", help="where results.html goes (default <index>/searches/<date>-<time>-<kind>-<hex>)")
     ap.add_argument("--checkpoint", help="the index's checkpoint, if it moved since the index was built")
     ap.add_argument("--clip_weights", help="the index's CLIP weights file, if it moved")
+    ap.add_argument("--explain", type=int, default=0, metavar="N",
+                    help="with --text: write a relevance map of the top N shapes (explain_<rank>.png)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+
     args.kind = next(kind for kind in QUERY_FLAGS if getattr(args, kind) is not None)
     if args.bbox and args.kind != "photo":
         ap.error("--bbox goes with --photo")
+    if args.explain and args.kind != "text":
+        ap.error("--explain goes with --text (a relevance map explains how a text matches a shape)")
+    if args.explain < 0:
+        ap.error("--explain must be 0 or more")
     if args.top_k < 1:
         ap.error("--top_k must be at least 1")
     try:
@@ -93,9 +103,31 @@ def main(argv=None):
     print(f"{args.kind} query: {query.label}\nmodel: {searcher.index.manifest['model']}; "
           f"{len(searcher.index)} shapes, {searcher.backend.name} search")
     print_hits(hits)
-    html = write_report(args.out_dir or default_out_dir(args.index, args.kind), query, hits, searcher)
-    print(f"wrote {html}")
+    out_dir = Path(args.out_dir or default_out_dir(args.index, args.kind))
+    for path in explain(searcher, args.text, hits[:args.explain], out_dir):
+        print(f"wrote {path}")
+    print(f"wrote {write_report(out_dir, query, hits, searcher)}")
     return 0
+
+
+def explain(searcher, text, hits, out_dir):
+    """explain_<rank>.png for each hit: its mesh rendered with the index's settings, with the relevance of each
+    pixel to the text's match. A hit without a mesh file (an index of renders) is skipped with a note."""
+    from models.relevance import relevance_figure, relevance_maps, shape_text_score
+    from shape_index.encoder import render_mesh
+
+    enc = searcher.encoder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for hit in hits:
+        mesh = hit.mesh_path and Path(hit.mesh_path)
+        if not mesh or not mesh.is_file():
+            print(f"note: {hit.model_id}: no mesh file to render ({hit.mesh_path}); not explained", file=sys.stderr)
+            continue
+        views = render_mesh(mesh, searcher.index.render)
+        maps = relevance_maps(enc.wrapper, enc.preprocess, text, views, enc.device)
+        score = shape_text_score(enc.wrapper, enc.preprocess, text, views, enc.device)
+        yield relevance_figure(views, maps, out_dir / f"explain_{hit.rank}.png",
+                               f'"{text}" vs {hit.model_id} (rank {hit.rank}, cosine {score:.3f})\n{enc.label}')
 
 
 if __name__ == "__main__":

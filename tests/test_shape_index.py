@@ -281,3 +281,24 @@ def test_not_an_index_is_a_clear_error(tmp_path, capsys):
     assert search.main(["--index", str(tmp_path), "--text", "a chair"]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "manifest.json" in err and "index_shapes.py" in err
+
+
+def test_explain_writes_a_relevance_figure_per_hit(built, tmp_path, capsys):
+    from PIL import Image
+
+    from models.relevance import relevance_maps
+    from shape_index.encoder import render_mesh
+
+    html_path, _, results = run_search(capsys, "--index", str(built / "index"), "--text", "a chair",
+                                       "--top_k", "2", "--explain", "1", "--out_dir", str(tmp_path / "s"))
+    figure = tmp_path / "s/explain_1.png"
+    assert figure.is_file() and not (tmp_path / "s/explain_2.png").exists()
+    # the figure is the top hit's views (rendered with the index's settings) with their relevance maps
+    idx = load_index(built / "index")
+    top = next(s for s in idx.shapes if s["model_id"] == results["hits"][0]["model_id"])
+    views = render_mesh(top["mesh_path"], idx.render)
+    wrapper, preprocess = tiny_model()
+    maps = relevance_maps(wrapper, preprocess, "a chair", views)
+    assert maps.shape == (len(views), *views[0].size[::-1]) and Image.open(figure).size[0] > 0
+    with pytest.raises(SystemExit):
+        search.main(["--index", str(built / "index"), "--mesh", str(top["mesh_path"]), "--explain", "1"])
