@@ -10,7 +10,8 @@ photo_margin (as eval_shape_retrieval.py crops), or padded square whole; a mesh 
 render settings and its views pooled as the indexed shapes' are. Prints the top k (rank, score, model id, mesh)
 and writes into --out_dir (default <index>/searches/<date>-<time>-<kind>-<4 hex>/): results.html (the query
 beside its top-k thumbnails, ids and scores; opens offline), results.json, query.png and thumbnails/.
---backend exact|faiss|auto (auto: FAISS above 100,000 shapes when it is installed; the results are the same).
+--backend exact|faiss|auto (auto: exact, faster than FAISS's flat index where measured, BENCHMARKS.md; the results
+are the same).
 --explain N (text queries): for each of the top N shapes, explain_<rank>.png beside results.html shows which pixels
 of which views the match depends on (models/relevance.py: attention rollout for ViT CLIPs, Grad-CAM for ResNets);
 the shape's mesh is rendered again with the index's settings.

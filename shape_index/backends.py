@@ -1,17 +1,18 @@
 """Top-k inner-product search over unit shape embeddings: exact (a matrix product + topk) or FAISS.
 
-    backend = make_backend(index.embeddings, "auto")       # exact up to FAISS_ABOVE shapes, FAISS above it
+    backend = make_backend(index.embeddings, "auto")       # exact unless FAISS_ABOVE says otherwise
     scores, rows = backend.search(queries, k)              # [Q, k] float32 cosines, [Q, k] int64 rows, best first
 
 Both return the same thing for the same embeddings: rows ordered by score, equal scores by row. FAISS is
-optional (`pip install -r requirements-extra.txt`); IndexFlatIP is exact too, just faster on large collections
-(bench/bench_search.py, BENCHMARKS.md).
+optional (`pip install -r requirements-extra.txt`); IndexFlatIP is exact too. On the machines this was measured on
+(bench/bench_search.py, BENCHMARKS.md) it was slower than the exact matrix product at 10k, 100k and 1M shapes, so
+auto stays exact; set FAISS_ABOVE where a FAISS build with a fast BLAS wins.
 """
 import numpy as np
 import torch
 
 BACKENDS = ("auto", "exact", "faiss")
-FAISS_ABOVE = 100_000  # auto picks FAISS for more shapes than this, when it is installed
+FAISS_ABOVE = None  # auto picks FAISS for more shapes than this, when it is installed (None: never)
 BLOCK_ROWS = 1 << 18  # exact search scores this many shapes at a time: [Q, BLOCK_ROWS] floats at most
 
 
@@ -101,9 +102,10 @@ class FaissBackend:
 
 def make_backend(embeddings, backend="auto"):
     """ExactBackend or FaissBackend over [N, D] unit embeddings. auto: FAISS above FAISS_ABOVE shapes when it is
-    installed, else exact."""
+    installed and FAISS_ABOVE is set, else exact."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = "faiss" if len(embeddings) > FAISS_ABOVE and faiss_available() else "exact"
+        big = FAISS_ABOVE is not None and len(embeddings) > FAISS_ABOVE
+        backend = "faiss" if big and faiss_available() else "exact"
     return FaissBackend(embeddings) if backend == "faiss" else ExactBackend(embeddings)
