@@ -1,10 +1,14 @@
 # The README's two commands: `make demo` and `make test`. Both run `make setup` first.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
+APP_STAMP := .venv/.installed-app
+# `make app`'s app.py --index and --captioner: make app INDEX=my_index/ CAPTIONER=weights/<run>/best.pt
+INDEX     ?= logs/search_example/index
+CAPTIONER ?= $(wildcard weights/demo-captioner/best.pt)
 export PYOPENGL_PLATFORM ?= egl
 export EGL_PLATFORM ?= surfaceless
 
-.PHONY: setup demo demo-seeds test test-slow bench gpu-smoke tensorboard clean-data
+.PHONY: setup setup-app app demo demo-seeds test test-slow bench gpu-smoke tensorboard clean-data
 
 setup: $(STAMP)
 	@bash scripts/check_system.sh
@@ -15,6 +19,18 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --upgrade "pip<26"
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+# The web page's packages (gradio; selenium for its browser test) on top of the core, into the same .venv; again
+# only when requirements-app.txt changes or the core was reinstalled.
+$(APP_STAMP): requirements-app.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-app.txt
+	touch $(APP_STAMP)
+
+setup-app: setup $(APP_STAMP)
+
+# the web page on http://127.0.0.1:7860 (app.py; more flags: make app APP_ARGS="--port 8080 --top_k 24")
+app: setup-app
+	$(PY) app.py --index $(INDEX) $(if $(CAPTIONER),--captioner $(CAPTIONER)) $(APP_ARGS)
 
 demo: setup
 	$(PY) scripts/demo.py

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from meshes.render import render_views
 from models.caption_decoder import DECODES
@@ -39,16 +38,9 @@ def find_inputs(path):
     raise ValueError(f"{path}: " + (f"{len(objs)} .obj files; name one" if objs else "no images and no .obj file"))
 
 
-@torch.no_grad()
-def view_embeddings(wrapper, preprocess, images, device):
-    """(V, D) unit CLIP embeddings of PIL images."""
-    x = torch.stack([preprocess(im.convert("RGB")) for im in images]).to(device)
-    return F.normalize(wrapper.encode_image(x).float(), dim=-1)
-
-
 def main(argv=None):
-    from models.caption_decoder import load_captioner, make_captioner, newest_captioner, resolve_clip_checkpoint
-    from models.clip_wrapper import CLIPWrapper, load_checkpoint
+    from models.caption_decoder import newest_captioner
+    from models.shape_captioner import ShapeCaptioner
     from multiview_dataset import load_image
     from utils import get_device
 
@@ -69,9 +61,7 @@ def main(argv=None):
     device = get_device(args.device)
     try:
         path = args.captioner_checkpoint or newest_captioner("weights", "best.pt")
-        dec, ckpt = load_captioner(path, device)
-        wrapper, preprocess, _ = load_checkpoint(resolve_clip_checkpoint(ckpt, args.clip_checkpoint), device)
-        wrapper = CLIPWrapper(wrapper.model, "zero_shot").eval()
+        captioner = ShapeCaptioner(path, device, args.clip_checkpoint)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,12 +76,9 @@ def main(argv=None):
             print(f"{p}: error: {e}", file=sys.stderr, flush=True)
             failed += 1
             continue
-        views = view_embeddings(wrapper, preprocess, images, device)
-        shape = F.normalize(views.mean(0), dim=-1)[None]
-        captioner = make_captioner(dec, ckpt, device, views_of={0: views}, decode=args.decode,
-                                   beam_size=args.beam_size, top_p=args.top_p, temperature=args.temperature)
-        for _ in range(args.n):
-            print(f"{p}: {captioner(shape, [0])[0] or '(empty caption)'}", flush=True)
+        for text in captioner.captions(images, args.n, decode=args.decode, beam_size=args.beam_size,
+                                       top_p=args.top_p, temperature=args.temperature):
+            print(f"{p}: {text or '(empty caption)'}", flush=True)
     if failed:
         print(f"{failed} of {len(args.paths)} inputs failed", file=sys.stderr)
     return 1 if failed else 0

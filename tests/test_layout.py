@@ -3,7 +3,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY_PACKAGES = ("models", "meshes", "metrics", "tasks", "shape_index")
+LIBRARY_PACKAGES = ("models", "meshes", "metrics", "tasks", "shape_index", "webapp")
 LIBRARY_MODULES = ("checkpoints", "composed_dataset", "features", "multiview_dataset", "utils")
 
 
