@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from features import encode_images, encode_texts
-from metrics.composed import composed_metrics
+from metrics.composed import composed_metrics, composed_per_query
 from metrics.retrieval import shape_gallery
 from multiview_dataset import UnreadableFiles, first_readable, load_image, read_samples
 
@@ -316,7 +316,9 @@ def answer_ids(cset):
             "subset_ids": members if all(m is not None for m in members) else None}
 
 
-def score_set(cset, feats, combine, ks=(1, 5, 10, 50)):
-    """composed_metrics of the queries combine(reference item embeddings, caption embeddings) on one set."""
+def score_set(cset, feats, combine, ks=(1, 5, 10, 50), per_query=False):
+    """composed_metrics of the queries combine(reference item embeddings, caption embeddings) on one set; with
+    per_query, composed_per_query's values instead (their means are those metrics)."""
     queries, items = composed_queries(cset, feats, combine)
-    return composed_metrics(queries, items, cset.item_ids, ks=ks, **answer_ids(cset))
+    score = composed_per_query if per_query else composed_metrics
+    return score(queries, items, cset.item_ids, ks=ks, **answer_ids(cset))

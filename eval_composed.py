@@ -31,16 +31,14 @@ from pathlib import Path
 import torch
 
 from composed_dataset import DATASETS, SPLITS, answer_ids, composed_queries, encode_composed, load_composed, score_set
-from metrics.composed import benchmark_metrics, chance_metrics, cirr_submission, ranked_ids
+from metrics.composed import COLUMNS, benchmark_metrics, chance_metrics, cirr_submission, query_means, ranked_ids
+from metrics.composed import ROWS  # noqa: F401  (eval_composed.ROWS: the rows the module docstring lists)
 from metrics.plots import plot_gallery
 from models.clip_wrapper import CLIPWrapper, load_checkpoint, load_clip, model_label
 from models.combiner import element_wise_sum
 from multiview_dataset import load_image
 from tasks.composed import load_stage2
 from utils import get_device, write_json
-
-ROWS = ("image_only", "text_only", "sum_zero_shot", "stage1_sum", "combiner", "moe_combiner")
-COLUMNS = ("R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3")
 
 
 def _config_of(path):
@@ -92,10 +90,12 @@ def _models(clip_model, clip_weights, seed, stage1, combiners, device):
 
 def composed_report(data_root, dataset="toy", split="test", clip_model=None, clip_weights="", seed=None, stage1="",
                     combiner="", moe_combiner="", out_dir=None, device="cpu", batch_size=64, num_workers=0,
-                    n_gallery=6, tb_prefix=None):
+                    n_gallery=6, tb_prefix=None, per_query=False):
     """Every row the given checkpoints allow on one split; writes out_dir (see the module docstring). Returns
     {"rows": {row: metrics}, "chance": metrics, "n_queries", "n_gallery", "models": {row: label}, ...}; on a split
-    without targets (CIRR test1) "rows" is empty and "submissions" names the files written."""
+    without targets (CIRR test1) "rows" is empty and "submissions" names the files written. per_query (a benchmark
+    of one set: toy, CIRR) adds what the metrics average, left out of results.json: "per_query" {row: {key: each
+    query's value}} (metrics/composed.py's composed_per_query) and "target_ids", each query's target."""
     checkpoints = [p for p in (stage1, combiner, moe_combiner) if p]
     config = _config_of(checkpoints[-1])[0] if checkpoints else {}
     clip_model = clip_model or config.get("clip_model")
@@ -104,6 +104,8 @@ def composed_report(data_root, dataset="toy", split="test", clip_model=None, cli
     seed = config.get("seed", 0) if seed is None else seed
     combiners = {k: v for k, v in (("combiner", combiner), ("moe_combiner", moe_combiner)) if v}
     sets = load_composed(dataset, data_root, split)
+    if per_query and len(sets) > 1:
+        raise ValueError(f"per_query: {dataset}'s metrics are means over its {len(sets)} sets, not over queries")
     encoders, rows = _models(clip_model, clip_weights or config.get("clip_weights", ""), seed, stage1, combiners,
                              device)
     feats = {key: [encode_composed(w, s, pre, device, batch_size, num_workers) for s in sets]
@@ -114,10 +116,11 @@ def composed_report(data_root, dataset="toy", split="test", clip_model=None, cli
     result = {"dataset": dataset, "split": split, "data_root": str(data_root),
               "n_queries": sum(len(s.pairs) for s in sets), "n_gallery": sum(len(s.item_ids) for s in sets),
               "models": {row: label for row, (_, _, label) in rows.items()}, "rows": {}}
+    values = {}
     if all(s.has_targets for s in sets):
         for row, (key, combine, _) in rows.items():
-            per_set = {s.name: score_set(s, f, combine) for s, f in zip(sets, feats[key])}
-            result["rows"][row] = benchmark_metrics(per_set)
+            values[row] = {s.name: score_set(s, f, combine, per_query=True) for s, f in zip(sets, feats[key])}
+            result["rows"][row] = benchmark_metrics({name: query_means(v) for name, v in values[row].items()})
         result["chance"] = benchmark_metrics({s.name: chance_metrics(s.item_ids, **answer_ids(s)) for s in sets})
         last = list(rows)[-1]
         _gallery(sets[0], feats[rows[last][0]][0], rows[last][1], last, out_dir / "composed_gallery.png", n_gallery)
@@ -132,6 +135,10 @@ def composed_report(data_root, dataset="toy", split="test", clip_model=None, cli
                 for key, value in metrics.items():
                     w.add_scalar(f"{tb_prefix}/{row}/{key}", value, 0)
     result["out_dir"] = str(out_dir)
+    if per_query and values:
+        result["per_query"] = {row: {k: v.tolist() for k, v in per_set[sets[0].name].items()}
+                               for row, per_set in values.items()}
+        result["target_ids"] = [p.target for p in sets[0].pairs]
     return result
 
 

@@ -3,6 +3,8 @@ its one target in a gallery.
 
     m = composed_metrics(queries, gallery, gallery_ids, target_ids, reference_ids, subset_ids=members)
     # -> {"R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"}
+    per = composed_per_query(queries, gallery, gallery_ids, target_ids, reference_ids, subset_ids=members)
+    # -> the same keys, each query's value (composed_metrics is their mean; metrics/per_query.py takes them)
     benchmark_metrics({"dress": m1, "shirt": m2, "toptee": m3})   # FashionIQ: per garment, their mean, the means
     ranked_ids(queries, gallery, gallery_ids, reference_ids, subset_ids=members)   # CIRR's test-server submission
 
@@ -20,6 +22,9 @@ from metrics.retrieval import _first_hit_within, _id_list, _normalise
 
 KS = (1, 5, 10, 50)
 SUBSET_KS = (1, 2, 3)
+COLUMNS = tuple(f"R@{k}" for k in KS) + tuple(f"Rsubset@{k}" for k in SUBSET_KS)  # composed_metrics' keys
+# the rows eval_composed.composed_report scores: the shortcut baselines, then the trained models
+ROWS = ("image_only", "text_only", "sum_zero_shot", "stage1_sum", "combiner", "moe_combiner")
 # what picks best.pt: CLIP4Cir's "mean(R@5 + R_s@1)" for CIRR (and the toy set), its "average_recall" for FashionIQ
 SELECT_METRICS = ("mean_R@5_Rsubset@1", "mean_R@10_R@50")
 
@@ -70,6 +75,19 @@ def composed_metrics(query_features, gallery_features, gallery_ids, target_ids, 
     target_ids: one gallery id per query; a target missing from the gallery (or equal to its reference) is a
     ValueError naming it. reference_ids: one id per query (a reference not in the gallery excludes nothing), or
     None to keep every gallery item a candidate."""
+    return query_means(composed_per_query(query_features, gallery_features, gallery_ids, target_ids, reference_ids,
+                                          ks, subset_ids, chunk_size))
+
+
+def query_means(per_query):
+    """composed_metrics from composed_per_query's values: each key's mean over the queries."""
+    return {k: v.mean().item() for k, v in per_query.items()}
+
+
+def composed_per_query(query_features, gallery_features, gallery_ids, target_ids, reference_ids, ks=KS,
+                       subset_ids=None, chunk_size=1024):
+    """composed_metrics' keys, each a float64 tensor in query order: the query's expected hit of its target in the
+    top k (fair ties) before the mean over queries is taken. Arguments as composed_metrics'."""
     q = _normalise(query_features, "query_features")
     g = _normalise(gallery_features, "gallery_features", device=q.device)
     if q.shape[1] != g.shape[1]:
@@ -98,10 +116,10 @@ def composed_metrics(query_features, gallery_features, gallery_ids, target_ids, 
         sims[has_ref.nonzero().flatten().to(q.device), references[block][has_ref].to(q.device)] = -math.inf
         first.append(_tie_group(sims, target_score))
     hit = _first_hit_within(ks, torch.cat(first).cpu())
-    out = {f"R@{k}": hit[k].mean().item() for k in ks}
+    out = {f"R@{k}": hit[k] for k in ks}
     if subset is not None:
         hit = _first_hit_within(SUBSET_KS, torch.cat(first_subset).cpu())
-        out.update({f"Rsubset@{k}": hit[k].mean().item() for k in SUBSET_KS})
+        out.update({f"Rsubset@{k}": hit[k] for k in SUBSET_KS})
     return out
 
 

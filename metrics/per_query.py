@@ -8,7 +8,8 @@ A record is one metric over one set of queries: {"model": the test model of each
 value}, whose mean is the metric as metrics.retrieval reports it; or, for METEOR, {"model": ..., "meteor_stats":
 each model's METEOR statistics}, which metrics.caption.meteor_from_stats pools into the corpus score. The values
 are metrics.retrieval's own per-query numbers (fair ties: each query's expected R@k hit and expected AP under a
-random order of tied scores), taken before it averages them; nothing here ranks anew.
+random order of tied scores), or metrics.composed's for composed queries, taken before they are averaged; nothing
+here ranks anew.
 """
 import operator
 
@@ -82,6 +83,14 @@ def photo2shape_records(photo_features, photo_models, view_features, view_models
     photo_models = [int(m) for m in photo_models]
     per = retrieval_per_query(photo_features, shapes, photo_models, shape_models, ks)
     return _records("photo2shape", per, [model_ids[m] for m in photo_models], ks)
+
+
+def composed_records(per_query, target_ids, keys=None):
+    """Records of composed retrieval's metrics (R@k, Rsubset@k; `keys`, default all) from eval_composed's
+    per-query values (metrics/composed.py's composed_per_query): each query with its target, the test model it
+    has to find, as a caption goes with the model it describes."""
+    return {k: {"model": list(target_ids), "value": [float(v) for v in per_query[k]]}
+            for k in (per_query if keys is None else keys)}
 
 
 def caption_records(model_ids, per_item):

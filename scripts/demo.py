@@ -6,20 +6,24 @@ same training stages over several seeds with bootstrap intervals (what `make dem
 
 Steps: build data/pix3d_toy (Pix3D's format) -> render 12 views per model -> usable_samples.jsonl ->
 random init (the untrained model) -> linear probe -> full fine-tune -> Recall@K and caption metrics on the test
-split -> generative captioner -> photo -> shape retrieval (untrained, stage 2 image tower, stage 3 joint).
-Writes logs/demo/results.json, logs/demo/results.md and the pictures beside them; every table holds the shortcut
-baselines of metrics/baselines.py (no text-image learning) and the chance level beside the models. Every step
-that already finished is kept (data, renders, feature cache); the training runs start fresh each time.
+split -> generative captioner -> photo -> shape retrieval (untrained, stage 2 image tower, stage 3 joint) ->
+composed retrieval (stage 1 from the full model, Combiner, MoE Combiner; eval_composed's rows).
+Writes logs/demo/results.json, logs/demo/results.md (metrics/tables.py) and the pictures beside them; every table
+holds the shortcut baselines (metrics/baselines.py, composed retrieval's image_only / text_only / sum_zero_shot:
+no text-image learning) and the chance level beside the models. Every step that already finished is kept (data,
+renders, feature cache); the training runs start fresh each time.
 The tiny model is random-init and trained from scratch here: its numbers show the pipeline works, not what
 CLIP does. For real Pix3D and ViT-B/32, see the README.
 
 --seeds N keeps the data, renders and splits and trains, for each seed s in 0..N-1 with seed s: the linear probe,
 full fine-tuning, the generative captioner, photo -> shape stage 2, stage 2 without its identity cross-entropy
-(ce_weight 0) and stage 3. Each seed's reports and per-query values go to logs/demo-seeds/seed_<s>/; results.json
+(ce_weight 0), stage 3 and the composed stages (every composed row: for the tiny model the zero-shot rows are
+seed s's random init). Each seed's reports and per-query values go to logs/demo-seeds/seed_<s>/; results.json
 holds, for every run and metric, the per-seed values, their mean and sd and a 95% bootstrap interval over test
 models, and the paired comparisons of COMPARISONS with a verdict (metrics/bootstrap.py).
 """
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -33,16 +37,20 @@ import train  # noqa: E402
 import train_clip_full  # noqa: E402
 import train_clip_linear  # noqa: E402
 import train_captioner  # noqa: E402
+import train_composed  # noqa: E402
 import train_shape_stage2  # noqa: E402
 import train_shape_stage3  # noqa: E402
+from eval_composed import composed_report  # noqa: E402
 from eval_recall import retrieval_report  # noqa: E402
 from evaluate_caption import caption_report  # noqa: E402
 from features import encode_photo_split, encode_split  # noqa: E402
 from metrics.baselines import nearest_captions, split_dataset  # noqa: E402
 from metrics.bootstrap import N_RESAMPLES, aggregate_seeds  # noqa: E402
 from metrics.caption import caption_scores, java_available  # noqa: E402
-from metrics.per_query import (caption_records, colour_category_records, photo2shape_records,  # noqa: E402
-                               text2shape_records)
+from metrics.composed import COLUMNS  # noqa: E402
+from metrics.per_query import (caption_records, colour_category_records, composed_records,  # noqa: E402
+                               photo2shape_records, text2shape_records)
+from metrics.tables import SHAPE_ONLY_KEYS, results_markdown, seeds_markdown  # noqa: E402
 from models.caption_decoder import load_captioner, make_captioner  # noqa: E402
 from models.clip_wrapper import TINY, CLIPWrapper, load_checkpoint, load_clip, model_label  # noqa: E402
 from scripts import generate_jsonl, make_toy_pix3d, render_objs  # noqa: E402
@@ -52,8 +60,12 @@ from utils import get_device, read_jsonl, write_json  # noqa: E402
 DATA = ROOT / "data/pix3d_toy"
 OUT = ROOT / "logs/demo"
 SEEDS_OUT = ROOT / "logs/demo-seeds"
-TOY_ARGS = []                     # extra arguments for make_toy_pix3d.main (the data is built once: make clean-data)
-SPLIT_FRACTIONS = "0.8,0.1,0.1"   # generate_jsonl's --split_fractions (splits.json keeps old splits: make clean-data)
+# generate_jsonl's --split_fractions (splits.json keeps old splits: make clean-data). A test split of 30% of the
+# models holds enough shapes of each colour and category that colour + category alone cannot reach the top 5.
+SPLIT_FRACTIONS = "0.6,0.1,0.3"
+# extra arguments for make_toy_pix3d.main (built once: make clean-data); the generator puts the held-out attribute
+# combinations into the test split, so it has to know the split generate_jsonl will draw
+TOY_ARGS = ["--split_fractions", SPLIT_FRACTIONS]
 CLIP_MODEL = "tiny"
 # the untrained model's row is named for what it is: a random network for tiny, zero-shot CLIP for real weights
 UNTRAINED = "random_init" if CLIP_MODEL == TINY else "zero_shot"
@@ -71,12 +83,18 @@ SHAPE_STAGE3 = dict(train_shape_stage3.PRESET, **COMMON, run_name="demo-shape-st
 SHAPE_STAGE2_NO_CE = dict(SHAPE_STAGE2, run_name="demo-shape-stage2-no-ce", ce_weight=0.0)
 RUNS = {"linear": LINEAR, "full": FULL, "stage2": SHAPE_STAGE2, "stage2_no_ce": SHAPE_STAGE2_NO_CE,
         "stage3": SHAPE_STAGE3}
+# Composed retrieval (train_composed.py's keys; runs demo-composed-<stage1 | combiner | moe_combiner>). Stage 1
+# starts from the full fine-tune (init_from, which stage 1 supports): its towers already match colour and category
+# words to shapes, which the sum of reference and text builds on, so a few epochs over the toy set's ~180 training
+# pairs at a lower rate than FULL's 5e-4 suffice, where the random init would need FULL's whole schedule again.
+COMPOSED_STAGE1 = dict(stage=1, lr=2e-4, epochs=3, batch_size=32, draws_per_pair=2, warmup_steps=5, patience=2)
+# Stage 2 (Combiner, MoE Combiner) on that stage-1 CLIP's cached features: an epoch takes about a second, and the
+# few toy pairs want small batches and a far higher rate than CLIP4Cir's 2e-5 over batches of thousands.
+COMPOSED_STAGE2 = dict(stage=2, lr=1e-3, epochs=30, batch_size=32, draws_per_pair=4, warmup_steps=10, patience=5)
+COMPOSED = {"stage1": COMPOSED_STAGE1, "combiner": dict(COMPOSED_STAGE2, combiner="combiner"),
+            "moe_combiner": dict(COMPOSED_STAGE2, combiner="moe_combiner")}
+COMPOSED_COMPARED = ["R@1", "R@5"]  # --seeds: composed metrics with intervals and paired comparisons
 BOOTSTRAP_SEED = 0                # resamples of the test models: N_RESAMPLES (1000) of them, drawn with this seed
-SHAPE_KEYS = ["photo2shape_R@1", "photo2shape_R@5", "photo2shape_R@10", "photo2shape_mAP", "category/photo2shape_R@1"]
-KEYS = ["text2image_R@1", "text2image_R@5", "text2image_R@10", "image2text_R@1", "image2text_R@5",
-        "image2text_R@10", "text2image_mAP", "image2text_mAP"]
-SHAPE_ONLY_KEYS = ["shape_only/text2image_R@1", "shape_only/text2image_R@5", "shape_only/text2image_R@10",
-                   "shape_only/text2image_mAP"]
 TEXT2SHAPE_COMPARED = ["text2image_R@1", "text2image_R@5", "text2image_R@10", "text2image_mAP"] + SHAPE_ONLY_KEYS
 # (family, A, B, metrics): the paired bootstrap of A - B that --seeds reports
 COMPARISONS = [("text2shape", "linear", "full", TEXT2SHAPE_COMPARED),
@@ -85,7 +103,9 @@ COMPARISONS = [("text2shape", "linear", "full", TEXT2SHAPE_COMPARED),
                ("photo2shape", "stage2", "stage2_no_ce", ["photo2shape_R@1", "photo2shape_mAP"]),
                ("captions", "generative", "retrieval", ["CIDEr", "METEOR"]),
                ("captions", "generative", "nearest_caption", ["CIDEr", "METEOR"]),
-               ("captions", "retrieval", "nearest_caption", ["CIDEr", "METEOR"])]
+               ("captions", "retrieval", "nearest_caption", ["CIDEr", "METEOR"]),
+               ("composed", "combiner", "image_only", COMPOSED_COMPARED),
+               ("composed", "combiner", "stage1_sum", COMPOSED_COMPARED)]
 
 
 def step(title):
@@ -116,20 +136,25 @@ def main(argv=None):
 def prepare_data(out):
     """Steps 1-3: the toy dataset, its renders and usable_samples.jsonl (each kept when already there), and a
     contact sheet of one model per category in `out`."""
-    t = step("1/9 toy Pix3D dataset")
+    t = step("1/10 toy Pix3D dataset")
     if (DATA / "pix3d.json").exists():
+        design = DATA / "toy_design.json"  # older toy sets have none, nor composed pairs
+        made = json.loads(design.read_text())["split_fractions"] if design.exists() else None
+        if made != [float(x) for x in SPLIT_FRACTIONS.split(",")]:
+            raise SystemExit(f"{DATA} was made for split fractions {made}, not SPLIT_FRACTIONS {SPLIT_FRACTIONS}: "
+                             f"make clean-data rebuilds it")
         print(f"kept {DATA} (delete it to rebuild)")
     else:
         make_toy_pix3d.main(["--out_dir", str(DATA), *TOY_ARGS])
     print(f"({time.time() - t:.0f}s)")
 
-    t = step("2/9 render 12 views per model")
+    t = step("2/10 render 12 views per model")
     rc = render_objs.main(["--obj_dir", str(DATA / "model"), "--out_dir", str(DATA / "renders"), "--workers", "2"])
     if rc:
         raise SystemExit(f"rendering failed (exit {rc}); see {DATA / 'renders/failures.jsonl'}")
     print(f"({time.time() - t:.0f}s)")
 
-    t = step("3/9 usable_samples.jsonl")
+    t = step("3/10 usable_samples.jsonl")
     generate_jsonl.main(["--json_path", str(DATA / "pix3d.json"), "--split_fractions", SPLIT_FRACTIONS])
     rows = read_jsonl(DATA / "usable_samples.jsonl")
     sheet_rows = [next(r for r in rows if r["category"] == c) for c in sorted({r["category"] for r in rows})]
@@ -138,10 +163,15 @@ def prepare_data(out):
     print(f"contact sheet: {out / 'renders_contact_sheet.png'} ({time.time() - t:.0f}s)")
 
 
+def clear_run(cfg, run_name):
+    """Remove a run's earlier logs and weights: each demo run starts fresh."""
+    for d in (Path(cfg["logs_dir"]) / run_name, Path(cfg["weights_dir"]) / run_name):
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def train_fresh(preset, device):
     """Train one preset from scratch (its earlier logs and weights removed): (wrapper, preprocess, best.pt)."""
-    for d in (Path(preset["logs_dir"]) / preset["run_name"], Path(preset["weights_dir"]) / preset["run_name"]):
-        shutil.rmtree(d, ignore_errors=True)
+    clear_run(preset, preset["run_name"])
     best = Path(train.main([], preset=preset)["weights_dir"]) / "best.pt"
     wrapper, preprocess, _ = load_checkpoint(best, device)
     return wrapper, preprocess, best
@@ -160,9 +190,9 @@ def presets_for(common=COMMON, extra=None, seed=None):
 
 
 def one_seed(device, common=COMMON, out=OUT, extra=None, captioner_argv=()):
-    """Steps 4-9 with seed 0: out/results.json and results.md (extra, captioner_argv: tests' short runs)."""
+    """Steps 4-10 with seed 0: out/results.json and results.md (extra, captioner_argv: tests' short runs)."""
     results, label, presets, jsonl = {}, model_label(CLIP_MODEL), presets_for(common, extra), common["data_jsonl"]
-    t = step(f"4/9 {UNTRAINED} (the untrained model)")
+    t = step(f"4/10 {UNTRAINED} (the untrained model)")
     model, preprocess = load_clip(CLIP_MODEL, device, seed=common["seed"])
     untrained = CLIPWrapper(model, "zero_shot").eval()
     results[UNTRAINED] = retrieval_report(untrained, preprocess, jsonl, "test", out / UNTRAINED, f"{label}, untrained",
@@ -170,26 +200,30 @@ def one_seed(device, common=COMMON, out=OUT, extra=None, captioner_argv=()):
     print(f"({time.time() - t:.0f}s)")
 
     for name, n in (("linear", 5), ("full", 6)):
-        t = step(f"{n}/9 {name} training")
+        t = step(f"{n}/10 {name} training")
         wrapper, preprocess, best = train_fresh(presets[name], device)
         feats = encode_split(wrapper, preprocess, jsonl, "test", device)
         results[name] = retrieval_report(wrapper, preprocess, jsonl, "test", out / name, f"{label}, {name}",
                                          device=device, feats=feats)
         print(f"({time.time() - t:.0f}s)")
 
-    t = step("7/9 captions of the full model (retrieval captioning vs baselines)")
+    t = step("7/10 captions of the full model (retrieval captioning vs baselines)")
     meteor = java_available()
     if not meteor:
         print("note: Java not found, METEOR skipped (apt-get install default-jre-headless)")
     captions = caption_report(wrapper, preprocess, jsonl, "test", device, meteor=meteor, feats=feats)
     print(f"({time.time() - t:.0f}s)")
 
-    t = step("8/9 generative captioner on the frozen full model")
+    t = step("8/10 generative captioner on the frozen full model")
     generative = generative_captions(best, device, feats, "demo-captioner", common["seed"], common, captioner_argv)
     print(f"({time.time() - t:.0f}s)")
 
-    t = step(f"9/9 photo -> shape retrieval: {UNTRAINED}, stage 2, stage 3")
+    t = step(f"9/10 photo -> shape retrieval: {UNTRAINED}, stage 2, stage 3")
     shape = shape_retrieval(device, presets, common, out)
+    print(f"({time.time() - t:.0f}s)")
+
+    t = step("10/10 composed retrieval: stage 1 from the full model, Combiner, MoE Combiner")
+    composed = composed_retrieval(best, device, common, out, extra)
     print(f"({time.time() - t:.0f}s)")
 
     summary = {name: {k: r["metrics"][k] for k in r["metrics"] if not k.endswith("n_no_match")}
@@ -205,12 +239,16 @@ def one_seed(device, common=COMMON, out=OUT, extra=None, captioner_argv=()):
                             if not k.endswith("n_no_match")},
         "nearest_caption": captions["captioners"]["nearest_caption"],
         "colour_histogram": colour_histogram}
+    # eval_composed's six rows side by side with chance (each composed_metrics' keys) and the test split's size
+    summary["composed"] = {row: {k: m[k] for k in COLUMNS} for row, m in composed["rows"].items()}
+    summary["composed"].update(chance={k: composed["chance"][k] for k in COLUMNS}, n_queries=composed["n_queries"],
+                               n_gallery=composed["n_gallery"])
     summary["model"] = label
     summary["n_test_models"] = results["full"]["n_models"]
     write_json(out / "results.json", summary)
     write_json(out / "caption_examples.json", captions["examples"])
-    (out / "results.md").write_text(results_markdown(summary))
-    print("\n" + results_markdown(summary))
+    (out / "results.md").write_text(results_markdown(summary, UNTRAINED))
+    print("\n" + results_markdown(summary, UNTRAINED))
 
 
 def generative_captions(full_checkpoint, device, feats, run_name="demo-captioner", seed=0, common=COMMON,
@@ -218,8 +256,7 @@ def generative_captions(full_checkpoint, device, feats, run_name="demo-captioner
     """Train the generative captioner on the frozen full model's shape embeddings and score it on the test split
     beside retrieval captioning and the baselines (caption_report's dict). extra_argv: more train_captioner
     overrides (tests: a short run)."""
-    for d in (Path(common["logs_dir"]) / run_name, Path(common["weights_dir"]) / run_name):
-        shutil.rmtree(d, ignore_errors=True)
+    clear_run(common, run_name)
     out = train_captioner.main([f"--clip_checkpoint={full_checkpoint}", f"--run_name={run_name}",
                                 f"--logs_dir={common['logs_dir']}", f"--weights_dir={common['weights_dir']}",
                                 f"--cache_dir={common['cache_dir']}", f"--seed={seed}", *extra_argv])
@@ -248,6 +285,26 @@ def shape_retrieval(device, presets, common, out):
     return results, baseline
 
 
+def composed_retrieval(full_checkpoint, device, common=COMMON, out=OUT, extra=None, seed=None, per_query=False):
+    """Composed stage 1 from the full fine-tune's checkpoint, then the Combiner and the MoE Combiner on that
+    stage-1 CLIP, each trained fresh; then every row of eval_composed on the test split, written to out/composed.
+    Returns composed_report's dict (with per_query, each query's values). extra: tests' short runs (the keys
+    train_composed knows are taken); seed: --seeds' seed and run names demo-seeds-s<seed>-composed-<run>."""
+    best = {}
+    for name, preset in COMPOSED.items():
+        cfg = dict(preset, clip_model=common["clip_model"], data_root=common["data_jsonl"],
+                   seed=common["seed"] if seed is None else seed,
+                   run_name=f"demo-composed-{name}" if seed is None else f"demo-seeds-s{seed}-composed-{name}",
+                   **{k: common[k] for k in ("logs_dir", "weights_dir", "cache_dir")},
+                   **{k: v for k, v in (extra or {}).items() if k in train_composed.DEFAULTS})
+        cfg["init_from"] = str(full_checkpoint if name == "stage1" else best["stage1"])
+        clear_run(cfg, cfg["run_name"])
+        best[name] = str(Path(train_composed.main([f"--{k}={v}" for k, v in cfg.items()])["weights_dir"]) / "best.pt")
+    return composed_report(common["data_jsonl"], "toy", "test", stage1=best["stage1"], combiner=best["combiner"],
+                           moe_combiner=best["moe_combiner"], out_dir=Path(out) / "composed", device=device,
+                           tb_prefix="test", per_query=per_query)
+
+
 # ----------------------------------------------------------------------------- --seeds N
 def run_seed(seed, out, device, common=COMMON, extra=None, captioner_argv=(), meteor=True):
     """Every training stage with `seed`, each scored on the test split: {family: {run: {metric: record}}} of
@@ -269,6 +326,11 @@ def run_seed(seed, out, device, common=COMMON, extra=None, captioner_argv=(), me
                                  meteor, per_model=True)
     for name in ("retrieval", "generative"):
         records["captions"][name] = caption_records(report["model_ids"], report["per_model"][name])
+    print(f"({time.time() - t:.0f}s)")
+    t = step(f"seed {seed}: composed retrieval (stage 1 from the full model, Combiner, MoE Combiner)")
+    report = composed_retrieval(best, device, common, out, extra, seed, per_query=True)
+    records["composed"] = {row: composed_records(values, report["target_ids"], COMPOSED_COMPARED)
+                           for row, values in report["per_query"].items()}
     print(f"({time.time() - t:.0f}s)")
     for name in ("stage2", "stage2_no_ce", "stage3"):
         t = step(f"seed {seed}: photo -> shape {name}")
@@ -310,88 +372,6 @@ def several_seeds(n_seeds, device, common=COMMON, out=SEEDS_OUT, extra=None, cap
     (Path(out) / "results.md").write_text(seeds_markdown(results))
     print(f"({time.time() - t:.0f}s)\n\n" + seeds_markdown(results))
     return results
-
-
-def _ci(ci):
-    return "-" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def seeds_markdown(r):
-    """results.md of --seeds: each run's metrics over seeds, then the paired comparisons."""
-    lines = [f"Seeds {', '.join(map(str, r['seeds']))}; test split: {r['n_test_models']} models; model: {r['model']}.",
-             f"Intervals: {r['level']:.0%} percentile intervals over {r['n_resamples']} bootstrap resamples of the "
-             f"test models (seed {r['bootstrap_seed']}); the gallery is always the whole test split. Baselines do "
-             f"not train: their value is the same every seed.", ""]
-    for family, runs in r["runs"].items():
-        lines += [f"{family}:", "", "| run | metric | per seed | mean | sd | 95% interval of the mean |",
-                  "|---|---|---|---|---|---|"]
-        for run, metrics in runs.items():
-            for metric, m in metrics.items():
-                sd = "-" if m["sd"] is None else f"{m['sd']:.3f}"
-                lines.append(f"| {run} | {metric} | {' '.join(f'{v:.3f}' for v in m['per_seed'])} | {m['mean']:.3f} "
-                             f"| {sd} | {_ci(m['ci95'])} |")
-        lines.append("")
-    lines += ["Paired comparisons: A - B on the same resamples of test models, the seeds' differences averaged in "
-              "each resample; \"not separable\" when the interval holds 0.", "",
-              "| A | B | metric | A - B | 95% interval | verdict | per seed A - B |", "|---|---|---|---|---|---|---|"]
-    for c in r["comparisons"]:
-        per_seed = " ".join(f"{s['diff']:+.3f}" for s in c["per_seed"])
-        lines.append(f"| {c['a']} | {c['b']} | {c['metric']} | {c['diff']:+.3f} | {_ci(c['ci95'])} | {c['verdict']} "
-                     f"| {per_seed} |")
-    return "\n".join(lines) + "\n"
-
-
-def _row(name, metrics, keys):
-    return f"| {name} | " + " | ".join("-" if metrics.get(k) is None else f"{metrics[k]:.3f}" for k in keys) + " |"
-
-
-def _chance(metrics):
-    """The chance row of a table: each R@k key's `_chance_R@k` twin in `metrics` (a random ranking has no mAP)."""
-    return {k: metrics.get(k.replace("_R@", "_chance_R@")) for k in metrics if "_R@" in k and "_chance_" not in k}
-
-
-def shape_markdown(s, baseline=None):
-    lines = [f"Photo -> shape, test split: {s['n_photos']} photos ({s['n_photos_left_out']} truncated/occluded left "
-             f"out) against {s['n_models']} shapes.", "",
-             "| stage | tuned | loss | " + " | ".join(SHAPE_KEYS) + " |", "|---" * (len(SHAPE_KEYS) + 3) + "|"]
-    for name, tuned, loss in ((UNTRAINED, "none", "-"), ("stage2", "image tower", "triplet + center + ce"),
-                              ("stage3", "both towers", "SupCon")):
-        lines.append(_row(f"{name} | {tuned} | {loss}", s[name], SHAPE_KEYS))
-    if baseline:
-        lines.append(_row("colour_histogram baseline | none | -", baseline, SHAPE_KEYS))
-    lines.append(_row("chance | - | -", _chance(s["stage3"]), SHAPE_KEYS))
-    lines += ["", "Pictures: " + ", ".join(f"[{n}](shape_{n}/photo2shape_gallery.png)"
-                                          for n in (UNTRAINED, "stage2", "stage3")), ""]
-    return "\n".join(lines)
-
-
-def results_markdown(s):
-    baselines = s.get("baselines", {})
-    runs = [(name, s[name]) for name in (UNTRAINED, "linear", "full")]
-    if "colour_category" in baselines:
-        runs.append(("colour_category baseline", baselines["colour_category"]))
-    lines = [f"Test split: {s['n_test_models']} models; model: {s['model']}.", "",
-             "| run | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
-    lines += [_row(name, metrics, KEYS) for name, metrics in runs] + [_row("chance", _chance(s["full"]), KEYS)]
-    lines += ["", f"Shape only: the {s['full'].get('shape_only/n_captions', 0)} test captions that name no colour.", "",
-              "| run | " + " | ".join(SHAPE_ONLY_KEYS) + " |", "|---" * (len(SHAPE_ONLY_KEYS) + 1) + "|"]
-    lines += [_row(name, metrics, SHAPE_ONLY_KEYS) for name, metrics in runs]
-    lines.append(_row("chance", _chance(s["full"]), SHAPE_ONLY_KEYS))
-    cap_keys = list(s["captions"])
-    lines += ["", "| captions | " + " | ".join(cap_keys) + " |", "|---" * (len(cap_keys) + 1) + "|",
-              _row("retrieval (full model)", s["captions"], cap_keys)]
-    if "captions_generative" in s:
-        lines.append(_row("generative (on the full model)", s["captions_generative"], cap_keys))
-    captioners = dict(s["captions_baselines"])
-    if "nearest_caption" in baselines:
-        captioners["nearest_caption"] = baselines["nearest_caption"]
-    lines += [_row(f"{name} baseline", scores, cap_keys) for name, scores in captioners.items()]
-    lines += ["", "Pictures: [renders](renders_contact_sheet.png), "
-              + ", ".join(f"[{n} recall curve]({n}/recall_curve.png), [{n} gallery]({n}/retrieval_gallery.png)"
-                          for n in (UNTRAINED, "linear", "full")), ""]
-    if "shape_retrieval" in s:
-        lines += [shape_markdown(s["shape_retrieval"], baselines.get("colour_histogram"))]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -188,6 +188,7 @@ def test_baselines_are_scored_on_the_models_split(hand_made, tmp_path, monkeypat
 
 
 def test_demo_tables_show_baselines_and_chance(hand_made):
+    from metrics.tables import results_markdown
     from scripts import demo
 
     run = bl.colour_category(hand_made, "test")
@@ -198,7 +199,7 @@ def test_demo_tables_show_baselines_and_chance(hand_made):
          "baselines": {"colour_category": run, "nearest_caption": captions, "colour_histogram": photo},
          "shape_retrieval": {"random_init": photo, "stage2": photo, "stage3": photo, "n_photos": 4,
                              "n_photos_left_out": 0, "n_models": 4}}
-    md = demo.results_markdown(s)
+    md = results_markdown(s, demo.UNTRAINED)
     for row in ("| colour_category baseline | 0.792 |", "| chance | 0.250 | 1.000 | 1.000 |",
                 "| nearest_caption baseline", "| colour_histogram baseline | none | - | 0.500 |", "| chance | - | - | 0.250 |",
                 "Shape only: the 2 test captions", "| random_init |", "| random_init | none | - |"):

@@ -1,5 +1,5 @@
-"""scripts/demo.py --seeds: the seeds loop end to end on conftest's synthetic shapes (each given a photo) with short
-runs, and its tables from fake per-seed outputs.
+"""scripts/demo.py: the one-seed path and the --seeds loop end to end on conftest's synthetic shapes (each given a
+photo, and composed pairs within each category) with short runs, and the seeds tables from fake per-seed outputs.
 
     .venv/bin/python -m pytest -q tests/test_demo.py
 """
@@ -11,7 +11,10 @@ import torch
 from PIL import Image
 
 import metrics.baselines as bl
+from composed_fixtures import make_composed_pairs
 from metrics.bootstrap import aggregate_seeds
+from metrics.composed import COLUMNS, ROWS
+from metrics.tables import seeds_markdown
 from scripts import demo
 from tests.conftest import make_synthetic_dataset
 from utils import read_jsonl, write_jsonl
@@ -24,7 +27,8 @@ SHORT_CAPTIONER = ["--epochs=1", "--max_steps=2", "--num_workers=0", "--width=32
 
 
 def with_photos(root):
-    """conftest's 18 coloured shapes, each with one "photo": its first render pasted on a grey ground."""
+    """conftest's 18 coloured shapes, each with one "photo": its first render pasted on a grey ground, and the
+    composed pairs of tests/composed_fixtures.py (the test split: 3 pairs over its 3 circles)."""
     path = make_synthetic_dataset(root)
     rows = read_jsonl(path)
     (root / "img").mkdir()
@@ -36,6 +40,7 @@ def with_photos(root):
         photo.save(root / "img" / name)
         row["photos"] = [{"img": f"img/{name}", "bbox": [8, 8, 56, 56], "truncated": False, "occluded": False}]
     write_jsonl(path, rows)
+    make_composed_pairs(path)
     return path
 
 
@@ -53,7 +58,9 @@ def two_seeds(tmp_path_factory):
 def test_seeds_loop_trains_every_stage_per_seed_and_reports_its_numbers(two_seeds):
     root, jsonl, results = two_seeds
     assert json.loads((root / "demo-seeds/results.json").read_text()) == results
-    assert set(results["runs"]) == {"text2shape", "photo2shape", "captions"}
+    assert set(results["runs"]) == {"text2shape", "photo2shape", "captions", "composed"}
+    assert set(results["runs"]["composed"]) == set(ROWS)
+    assert all(set(m) == {"R@1", "R@5"} for m in results["runs"]["composed"].values())
     assert set(results["runs"]["text2shape"]) == {"linear", "full", "colour_category"}
     assert set(results["runs"]["photo2shape"]) == {"stage2", "stage2_no_ce", "stage3"}
     assert set(results["runs"]["captions"]) == {"retrieval", "generative", "nearest_caption"}
@@ -73,6 +80,18 @@ def test_seeds_loop_trains_every_stage_per_seed_and_reports_its_numbers(two_seed
             assert full[key]["per_seed"][seed] == pytest.approx(report[key], rel=1e-12, abs=1e-15), key
         # every synthetic caption names its colour: no shape-only subset, so no shape_only rows
         assert report["shape_only/n_captions"] == 0 and not any(k.startswith("shape_only/") for k in full)
+        # composed: stage 1 from this seed's full model, both Combiners from that stage 1, the report's own numbers
+        stage1 = json.loads((root / f"logs/demo-seeds-s{seed}-composed-stage1/config.json").read_text())
+        assert stage1["seed"] == seed and stage1["init_from"].endswith(f"demo-seeds-s{seed}-full/best.pt")
+        for run in ("combiner", "moe_combiner"):
+            config = json.loads((root / f"logs/demo-seeds-s{seed}-composed-{run}/config.json").read_text())
+            assert config["combiner"] == run and config["seed"] == seed
+            assert config["init_from"].endswith(f"demo-seeds-s{seed}-composed-stage1/best.pt")
+        rows = json.loads((root / f"demo-seeds/seed_{seed}/composed/results.json").read_text())["rows"]
+        for row in ROWS:
+            for key in ("R@1", "R@5"):
+                got = results["runs"]["composed"][row][key]["per_seed"][seed]
+                assert got == pytest.approx(rows[row][key], rel=1e-12, abs=1e-15), (row, key)
     # the seed changes training: the two seeds' full models differ
     a, b = (torch.load(root / f"weights/demo-seeds-s{s}-full/best.pt", weights_only=True)["model"] for s in (0, 1))
     assert any(not torch.equal(a[k], b[k]) for k in a)
@@ -84,24 +103,40 @@ def test_seeds_loop_trains_every_stage_per_seed_and_reports_its_numbers(two_seed
             for m in run.values():
                 assert len(m["per_seed"]) == 2 and m["mean"] == pytest.approx(np.mean(m["per_seed"]))
     by = {(c["a"], c["b"], c["metric"]) for c in results["comparisons"]}
-    assert len(by) == 2 * 4 + 2 * 2 + 3 * 1  # no shape_only subset here, and METEOR skipped (meteor=False)
+    # no shape_only subset here, and METEOR skipped (meteor=False)
+    assert len(by) == 2 * 4 + 2 * 2 + 3 * 1 + 2 * 2
     assert ("stage2", "stage2_no_ce", "photo2shape_mAP") in by and ("generative", "nearest_caption", "CIDEr") in by
+    assert {("combiner", "image_only", "R@5"), ("combiner", "stage1_sum", "R@1")} <= by
     md = (root / "demo-seeds/results.md").read_text()
     assert "| linear | full | text2image_R@1 |" in md and "| stage2 | stage2_no_ce | photo2shape_mAP |" in md
+    assert "| combiner | stage1_sum | R@5 |" in md and "| moe_combiner | R@1 |" in md
     per_query = json.loads((root / "demo-seeds/seed_1/per_query.json").read_text())
     assert set(per_query["photo2shape"]) == {"stage2", "stage2_no_ce", "stage3"}
+    # each composed query goes with its target, a test model: 3 pairs over the 3 test circles
+    targets = per_query["composed"]["combiner"]["R@1"]["model"]
+    assert sorted(targets) == sorted(bl.split_dataset(jsonl, "test").model_ids)
 
 
 def test_one_seed_demo_keeps_its_results_keys(tmp_path):
     """The default path (seed 0, logs/demo/ in the real demo): the keys of results.json as before, the untrained
-    row named random_init for the tiny model and the caption cosine named cosine_same_model."""
+    row named random_init for the tiny model and the caption cosine named cosine_same_model; composed retrieval's
+    six rows with chance and the test split's size."""
     jsonl = with_photos(tmp_path)
     common = dict(demo.COMMON, data_jsonl=str(jsonl), logs_dir=str(tmp_path / "logs"),
                   weights_dir=str(tmp_path / "weights"), cache_dir=str(tmp_path / "cache"))
     demo.one_seed("cpu", common=common, out=tmp_path / "demo", extra=SHORT, captioner_argv=SHORT_CAPTIONER)
     s = json.loads((tmp_path / "demo/results.json").read_text())
     assert set(s) == {"random_init", "linear", "full", "captions", "captions_baselines", "captions_generative",
-                      "shape_retrieval", "baselines", "model", "n_test_models"}
+                      "shape_retrieval", "baselines", "model", "n_test_models", "composed"}
+    assert set(s["composed"]) == set(ROWS) | {"chance", "n_queries", "n_gallery"}
+    assert all(set(s["composed"][row]) == set(COLUMNS) for row in (*ROWS, "chance"))
+    assert s["composed"]["n_queries"] == 3 and s["composed"]["n_gallery"] == 3
+    # a random ranking of the 2 candidates left once the reference is out
+    assert s["composed"]["chance"]["R@1"] == pytest.approx(0.5) and s["composed"]["chance"]["R@5"] == 1.0
+    report = json.loads((tmp_path / "demo/composed/results.json").read_text())
+    assert all(s["composed"][row][k] == report["rows"][row][k] for row in ROWS for k in COLUMNS)
+    stage1 = json.loads((tmp_path / "logs/demo-composed-stage1/config.json").read_text())
+    assert stage1["init_from"] == str(tmp_path / "weights/demo-full/best.pt")
     assert set(s["shape_retrieval"]) == {"random_init", "stage2", "stage3", "n_photos", "n_photos_left_out",
                                          "n_models"}
     assert set(s["baselines"]) == {"colour_category", "nearest_caption", "colour_histogram"}
@@ -112,7 +147,12 @@ def test_one_seed_demo_keeps_its_results_keys(tmp_path):
     stage3 = json.loads((tmp_path / "logs/demo-shape-stage3/config.json").read_text())
     assert stage3["seed"] == 0 and stage3["init_from"] == str(tmp_path / "weights/demo-shape-stage2/best.pt")
     md = (tmp_path / "demo/results.md").read_text()
-    assert "| random_init |" in md and "| cosine_same_model |" in md and "zero_shot" not in md
+    # no row of the untrained tiny model is called zero_shot (sum_zero_shot: eval_composed's row, explained there)
+    assert "| random_init |" in md and "| cosine_same_model |" in md
+    assert "zero_shot" not in md.replace("sum_zero_shot", "")
+    assert "image_only, text_only and sum_zero_shot are the untrained model (random_init)" in md
+    assert "test split: 3 queries against 3 shapes" in md and "| moe_combiner |" in md
+    assert "| chance | 0.500 | 1.000 |" in md
 
 
 def test_seeds_markdown_from_fake_per_seed_outputs():
@@ -127,7 +167,7 @@ def test_seeds_markdown_from_fake_per_seed_outputs():
                               "retrieval": {"CIDEr": record([1.0, 1.0, 1.0, 1.0])}}}]
     r = aggregate_seeds(per_seed, units, [("captions", "generative", "retrieval", ["CIDEr", "METEOR"])], 100)
     r.update(model="tiny", seeds=[0, 1])
-    md = demo.seeds_markdown(r)
+    md = seeds_markdown(r)
     assert "| generative | CIDEr | 1.500 1.750 | 1.625 | 0.177 |" in md
     assert "| retrieval | CIDEr | 1.000 1.000 | 1.000 | 0.000 | [1.000, 1.000] |" in md
     row = next(line for line in md.splitlines() if line.startswith("| generative | retrieval | CIDEr |"))
