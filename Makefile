@@ -50,6 +50,8 @@ bench: setup
 	$(PY) bench/bench_render.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_eval.py
+	$(PY) bench/bench_search.py
+	$(PY) bench/bench_composed.py
 
 # ViT-B/32 (random weights) on every visible GPU: full fine-tune + resume, linear probe, evaluation (bench/bench_gpu.py)
 gpu-smoke: setup
