@@ -3,11 +3,14 @@
     .venv/bin/python search.py --index index/ --text "a low red sofa"
     .venv/bin/python search.py --index index/ --photo img.png --bbox 30,40,200,220 --top_k 5
     .venv/bin/python search.py --index index/ --mesh chair.obj --out_dir my_searches/chair
+    .venv/bin/python search.py --index index/ --reference chair/TOY_CHAIR_0001 --text "with arms, and taller"
 
 The query is encoded with the model the index was built with (its checkpoint, checked by hash: --checkpoint or
 --clip_weights say where the file is now if it moved). A photo is cropped to --bbox grown by the checkpoint's
 photo_margin (as eval_shape_retrieval.py crops), or padded square whole; a mesh is rendered with the index's
-render settings and its views pooled as the indexed shapes' are. Prints the top k (rank, score, model id, mesh)
+render settings and its views pooled as the indexed shapes' are. --reference ID with --text is a composed query:
+the indexed shape's embedding plus the text's (composed retrieval's stage-1 sum; the reference is never a hit).
+Prints the top k (rank, score, model id, mesh)
 and writes into --out_dir (default <index>/searches/<date>-<time>-<kind>-<4 hex>/): results.html (the query
 beside its top-k thumbnails, ids and scores; opens offline), results.json, query.png and thumbnails/.
 --backend exact|faiss|auto (auto: exact, faster than FAISS's flat index where measured, BENCHMARKS.md; the results
@@ -44,6 +47,8 @@ def parse_args(argv):
     for kind, help in QUERY_FLAGS.items():
         query.add_argument(f"--{kind}", help=help)
     ap.add_argument("--bbox", help="with --photo: x0,y0,x1,y1 in pixels")
+    ap.add_argument("--reference", help="with --text: an indexed model id; finds shapes like it, changed as the "
+                                        "text says (a composed query)")
     ap.add_argument("--top_k", type=int, default=TOP_K)
     ap.add_argument("--backend", default=BACKEND, choices=BACKENDS)
     ap.add_argument("--out_dir", help="where results.html goes (default <index>/searches/<date>-<time>-<kind>-<hex>)")
@@ -55,6 +60,10 @@ def parse_args(argv):
     args = ap.parse_args(argv)
 
     args.kind = next(kind for kind in QUERY_FLAGS if getattr(args, kind) is not None)
+    if args.reference is not None:
+        if args.kind != "text":
+            ap.error("--reference goes with --text (the modification)")
+        args.kind = "composed"
     if args.bbox and args.kind != "photo":
         ap.error("--bbox goes with --photo")
     if args.explain and args.kind != "text":
@@ -74,6 +83,8 @@ def parse_args(argv):
 
 def query_fields(args):
     """The keyword arguments of searcher.encode(args.kind, ...) from the command line."""
+    if args.kind == "composed":
+        return {"reference": args.reference, "text": args.text}
     fields = {args.kind: getattr(args, args.kind)}
     if args.kind == "photo":
         fields["bbox"] = args.bbox
@@ -100,7 +111,7 @@ def main(argv=None):
     except (BadIndex, FileNotFoundError, ImportError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    hits = searcher.search(query.embedding, args.top_k)
+    hits = searcher.search(query.embedding, args.top_k, exclude=query.exclude)
     print(f"{args.kind} query: {query.label}\nmodel: {searcher.index.manifest['model']}; "
           f"{len(searcher.index)} shapes, {searcher.backend.name} search")
     print_hits(hits)

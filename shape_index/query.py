@@ -6,9 +6,13 @@
     query = searcher.encode("mesh", mesh="chair.obj")
     hits = searcher.search(query.embedding, top_k=10)                      # [Hit(rank, model_id, score, ...)]
 
-A new kind of query is one function in QUERY_KINDS: f(searcher, **fields) -> Query. A composed query (a
-reference shape plus a modification text) would read the reference's embedding with
-searcher.index.embedding(model_id) and the text's with searcher.encoder.text(text).
+    query = searcher.encode("composed", reference="chair/TOY_CHAIR_0001", text="with arms")
+    hits = searcher.search(query.embedding, top_k=10, exclude=query.exclude)  # the reference is never a hit
+
+A new kind of query is one function in QUERY_KINDS: f(searcher, **fields) -> Query. The composed query is composed
+retrieval's stage-1 rule (models.combiner.element_wise_sum of the reference's indexed embedding and the text's): it
+is what an index built with a `train_composed.py` stage-1 checkpoint was trained for; with another model it is
+the zero-shot sum (eval_composed.py's sum_zero_shot row).
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,7 @@ class Query:
     embedding: np.ndarray
     label: str
     image: object = None
+    exclude: tuple = ()  # model ids that are never hits (a composed query's reference)
 
 
 def text_query(searcher, text):
@@ -56,7 +61,20 @@ def mesh_query(searcher, mesh):
     return Query("mesh", embedding, str(mesh), views[0])
 
 
-QUERY_KINDS = {"text": text_query, "photo": photo_query, "mesh": mesh_query}
+def composed_query(searcher, reference, text):
+    import torch
+
+    from models.combiner import element_wise_sum
+
+    try:
+        image = torch.from_numpy(searcher.index.embedding(reference))
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    embedding = element_wise_sum(image, torch.from_numpy(searcher.encoder.text(text))).numpy()
+    return Query("composed", embedding, f"{reference} + \"{text}\"", exclude=(reference,))
+
+
+QUERY_KINDS = {"text": text_query, "photo": photo_query, "mesh": mesh_query, "composed": composed_query}
 
 
 class Searcher:
@@ -74,12 +92,16 @@ class Searcher:
             raise ValueError(f"unknown query kind {kind!r}; expected one of {', '.join(QUERY_KINDS)}")
         return QUERY_KINDS[kind](self, **fields)
 
-    def search(self, embedding, top_k=10):
-        """[Hit] of one query embedding [D], or a list of them for a batch [Q, D]."""
+    def search(self, embedding, top_k=10, exclude=()):
+        """[Hit] of one query embedding [D], or a list of them for a batch [Q, D]; model ids in `exclude` are left
+        out and the ranks count only what is shown."""
         embedding = np.asarray(embedding, dtype=np.float32)
-        scores, rows = self.backend.search(embedding, top_k)
-        hits = [[self._hit(r + 1, int(row), float(score)) for r, (row, score) in enumerate(zip(rs, ss))]
-                for rs, ss in zip(rows, scores)]
+        skip = {self.index.row_of[m] for m in exclude if m in self.index.row_of}
+        scores, rows = self.backend.search(embedding, min(top_k + len(skip), len(self.index)))
+        hits = []
+        for rs, ss in zip(np.atleast_2d(rows), np.atleast_2d(scores)):
+            kept = [(int(row), float(score)) for row, score in zip(rs, ss) if int(row) not in skip][:top_k]
+            hits.append([self._hit(r + 1, row, score) for r, (row, score) in enumerate(kept)])
         return hits if embedding.ndim == 2 else hits[0]
 
     def _hit(self, rank, row, score):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import clip
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import search
@@ -302,3 +304,20 @@ def test_explain_writes_a_relevance_figure_per_hit(built, tmp_path, capsys):
     assert maps.shape == (len(views), *views[0].size[::-1]) and Image.open(figure).size[0] > 0
     with pytest.raises(SystemExit):
         search.main(["--index", str(built / "index"), "--mesh", str(top["mesh_path"]), "--explain", "1"])
+
+
+def test_composed_query_is_the_stage1_sum_and_never_returns_its_reference(built, tmp_path, capsys):
+    idx = load_index(built / "index")
+    reference = idx.ids[0]
+    html_path, _, results = run_search(capsys, "--index", str(built / "index"), "--reference", reference,
+                                       "--text", "with arms", "--top_k", "5", "--out_dir", str(tmp_path / "c"))
+    wrapper, preprocess = tiny_model()
+    with torch.no_grad():
+        text = F.normalize(wrapper.encode_text(clip.tokenize(["with arms"])).float(), dim=-1)[0]
+    ref = torch.from_numpy(np.asarray(idx.embeddings[0], dtype=np.float32))
+    query = F.normalize(F.normalize(ref, dim=0) + text, dim=0)
+    scores = torch.from_numpy(np.asarray(idx.embeddings, dtype=np.float32)) @ query
+    want = [idx.ids[i] for i in scores.argsort(descending=True).tolist() if idx.ids[i] != reference]
+    assert [h["model_id"] for h in results["hits"]] == want[:5] and len(want) == len(idx.ids) - 1
+    with pytest.raises(SystemExit):
+        search.main(["--index", str(built / "index"), "--reference", reference, "--mesh", "x.obj"])
