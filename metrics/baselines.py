@@ -256,8 +256,9 @@ def agreement_embeddings(query_tokens, gallery_tokens):
     return rows(query_tokens, len(vocab)), rows(gallery_tokens, len(vocab) + norm2)
 
 
-def colour_category(jsonl, split, ks=KS):
-    """Text <-> shape by colour and category agreement, no learning: text2shape_metrics' keys on `split`."""
+def colour_category_embeddings(jsonl, split):
+    """(text embeddings, shape embeddings, text model indices, captions, dataset) of the colour_category baseline
+    on `split`: the agreement embeddings that colour_category scores (and metrics.per_query resamples)."""
     ds = split_dataset(jsonl, split)
     train = split_dataset(jsonl, "train")
     colours, _ = render_colours(jsonl, split)
@@ -267,7 +268,12 @@ def colour_category(jsonl, split, ks=KS):
     nouns = category_nouns(sorted(set(train.categories)))
     captions = [c for c, _ in ds.texts]
     text, image = agreement_embeddings([caption_tokens(c, nouns) for c in captions], shapes)
-    text_ids = [m for _, m in ds.texts]
+    return text, image, [m for _, m in ds.texts], captions, ds
+
+
+def colour_category(jsonl, split, ks=KS):
+    """Text <-> shape by colour and category agreement, no learning: text2shape_metrics' keys on `split`."""
+    text, image, text_ids, captions, ds = colour_category_embeddings(jsonl, split)
     return text2shape_metrics(image, list(range(len(ds.model_ids))), text, text_ids, ds.categories,
                               [ds.categories[m] for m in text_ids], captions, views="mean", ks=ks)
 

@@ -11,13 +11,11 @@ are metrics.retrieval's own per-query numbers (fair ties: each query's expected 
 random order of tied scores), or metrics.composed's for composed queries, taken before they are averaged; nothing
 here ranks anew.
 """
-import operator
 
 import torch
 
-from metrics.baselines import (agreement_embeddings, caption_tokens, category_nouns, nearest_train_models,
-                               render_colours, shape_only, split_dataset)
-from metrics.retrieval import _encode_ids, _first_hit_within, _normalise, _rank_all, shape_gallery
+from metrics.baselines import colour_category_embeddings, shape_only
+from metrics.retrieval import _first_hit_within, rank_queries, shape_gallery
 
 KS = (1, 5, 10)
 
@@ -26,15 +24,7 @@ def retrieval_per_query(query_features, gallery_features, query_ids, gallery_ids
     """Per query (float64 tensors in query order): {"R@k": the expected hit of its first match in the top k,
     "AP": its expected average precision, "matched": whether the gallery holds a match}; NaN where it does not.
     The mean over the matched queries is retrieval_metrics' R@k and mAP: the same tensors, before averaging."""
-    ks = tuple(operator.index(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
-    q = _normalise(query_features, "query_features")
-    g = _normalise(gallery_features, "gallery_features", device=q.device)
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query_features have dim {q.shape[1]} but gallery_features have dim {g.shape[1]}")
-    qcode, gcode = _encode_ids(query_ids, gallery_ids, q.shape[0], g.shape[0], q.device)
-    first, ap, matched = _rank_all(q, g, qcode, gcode, chunk_size)
+    ks, first, ap, matched = rank_queries(query_features, gallery_features, query_ids, gallery_ids, ks, chunk_size)
     matched = matched.cpu()
     hit = _first_hit_within(ks, first)
 
@@ -102,17 +92,7 @@ def caption_records(model_ids, per_item):
 
 
 def colour_category_records(jsonl, split, ks=KS):
-    """text2shape_records of metrics.baselines.colour_category: the same agreement embeddings, built from the
-    baseline's own parts as colour_category builds them (tests/test_bootstrap.py checks that their means are
-    colour_category's numbers, so the two cannot drift apart unnoticed)."""
-    ds = split_dataset(jsonl, split)
-    train = split_dataset(jsonl, "train")
-    colours, _ = render_colours(jsonl, split)
-    categories = [c for c, _ in nearest_train_models(jsonl, split)]
-    shapes = [{("colour", w) for w in ws} | ({("category", c)} if c is not None else set())
-              for ws, c in zip(colours, categories)]
-    nouns = category_nouns(sorted(set(train.categories)))
-    captions = [c for c, _ in ds.texts]
-    text, image = agreement_embeddings([caption_tokens(c, nouns) for c in captions], shapes)
-    return text2shape_records(image, range(len(ds.model_ids)), text, [m for _, m in ds.texts], captions,
-                              ds.model_ids, ks=ks)
+    """text2shape_records of metrics.baselines.colour_category: the same agreement embeddings
+    (colour_category_embeddings), so the records' means are colour_category's numbers."""
+    text, image, text_ids, captions, ds = colour_category_embeddings(jsonl, split)
+    return text2shape_records(image, range(len(ds.model_ids)), text, text_ids, captions, ds.model_ids, ks=ks)

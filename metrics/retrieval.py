@@ -194,18 +194,9 @@ def _first_hit_within(ks, first):
     return hit
 
 
-def retrieval_metrics(query_features, gallery_features, query_ids, gallery_ids, ks=(1, 5, 10), chunk_size=4096):
-    """One retrieval direction: rank the whole gallery for every query (cosine similarity).
-
-    Returns {"R@k": ..., "mean_rank", "median_rank", "mAP", "n_no_match", "ranks", "matched"}:
-    R@k is the fraction of queries with a match in the top k; ranks are the 1-based ranks of each query's
-    FIRST match; mAP averages over queries the average precision over all of that query's matches. All are
-    expectations under a random order of tied scores (module docstring), so a rank may be fractional.
-    Queries without any match in the gallery are left out of every average and counted in "n_no_match";
-    "ranks" (float64 tensor, CPU) holds the ranked queries only, in query order, and "matched" (BoolTensor, one
-    per query) says which queries those are. With no ranked query the averages are NaN.
-    Runs on the device of query_features; memory is O(chunk x gallery), never queries x gallery.
-    """
+def rank_queries(query_features, gallery_features, query_ids, gallery_ids, ks, chunk_size=4096):
+    """The checked inputs ranked: (ks as ints, first-hit tie-group counts [Q, 3], expected AP [Q], matched [Q]),
+    what retrieval_metrics averages and metrics.per_query keeps per query."""
     try:
         ks_int = tuple(operator.index(k) for k in ks)  # ints, numpy ints; not 1.5
     except TypeError:
@@ -219,6 +210,23 @@ def retrieval_metrics(query_features, gallery_features, query_ids, gallery_ids, 
         raise ValueError(f"query_features have dim {q.shape[1]} but gallery_features have dim {g.shape[1]}")
     qcode, gcode = _encode_ids(query_ids, gallery_ids, q.shape[0], g.shape[0], q.device)
     first, ap, matched = _rank_all(q, g, qcode, gcode, chunk_size)
+    return ks, first, ap, matched
+
+
+def retrieval_metrics(query_features, gallery_features, query_ids, gallery_ids, ks=(1, 5, 10), chunk_size=4096):
+    """One retrieval direction: rank the whole gallery for every query (cosine similarity).
+
+    Returns {"R@k": ..., "mean_rank", "median_rank", "mAP", "n_no_match", "ranks", "matched"}:
+    R@k is the fraction of queries with a match in the top k; ranks are the 1-based ranks of each query's
+    FIRST match; mAP averages over queries the average precision over all of that query's matches. All are
+    expectations under a random order of tied scores (module docstring), so a rank may be fractional.
+    Queries without any match in the gallery are left out of every average and counted in "n_no_match";
+    "ranks" (float64 tensor, CPU) holds the ranked queries only, in query order, and "matched" (BoolTensor, one
+    per query) says which queries those are. With no ranked query the averages are NaN.
+    Runs on the device of query_features; memory is O(chunk x gallery), never queries x gallery.
+    """
+    ks, first, ap, matched = rank_queries(query_features, gallery_features, query_ids, gallery_ids, ks,
+                                          chunk_size)
     above, non_matches_at, matches_at = first.double().unbind(1)
     # the expected first-hit rank: on average t / (m + 1) of the group's t non-matches come before its first match
     ranks = above + 1 + non_matches_at / (matches_at + 1)
