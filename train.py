@@ -192,8 +192,9 @@ def _fit(cfg, task, ckpt, rank, world, dev):
         return {"run_dir": str(log_dir), "val": metrics}
     steps_per_epoch = task.steps_per_epoch()
     if steps_per_epoch == 0:
-        raise ValueError(f"{cfg.get('data_jsonl', 'the training split')}: too few training examples for one batch "
-                         f"of {cfg['batch_size']} per process")
+        source = cfg.get("data_jsonl") or cfg.get("data_root") or "the training split"
+        raise ValueError(f"{source}: too few training examples for one batch of {cfg['batch_size']} per process "
+                         "(incomplete batches are dropped); lower --batch_size")
 
     ddp = world > 1 and task.uses_ddp
     net = (torch.nn.parallel.DistributedDataParallel(task.module, device_ids=[dev] if dev.startswith("cuda") else None)

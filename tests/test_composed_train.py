@@ -162,3 +162,9 @@ def test_fashioniq_stage2_and_per_garment_rows(tmp_path):
     m = result["rows"]["combiner"]
     assert m["R@10"] == pytest.approx(sum(m[f"{g}/R@10"] for g in ("dress", "shirt", "toptee")) / 3)
     assert result["chance"]["dress/R@1"] == pytest.approx(1 / 4)  # FashionIQ keeps the reference a candidate
+
+
+def test_a_batch_larger_than_the_training_pairs_names_the_data_and_the_flag(toy, stage1, tmp_path):
+    """Stage 2 has no data_jsonl: the error names its data_root and what to change."""
+    with pytest.raises(ValueError, match=rf"{toy}: too few training examples for one batch of 64 .* --batch_size"):
+        train(tmp_path, toy, "--stage=2", f"--init_from={stage1[0]}", "--batch_size=64", "--epochs=1")
