@@ -33,6 +33,9 @@ hidden_mult = 8             # stage 2: hidden dim = this x the embedding dim (CL
 n_experts = 4               # moe_combiner: expert MLPs, each hidden_mult x dim / n_experts wide
 attention_heads = 4         # moe_combiner: heads of the attention between the image and the text token
 dropout = 0.5               # stage 2: CLIP4Cir's Combiner dropout
+group_weight = 0.0          # stage 2: weight of the group loss (each query's target against the other members of
+                            # its group, the reference included; CIRR's img_set, the toy set's base + variants);
+                            # 0 = CLIP4Cir's batch loss alone
 epochs = 30
 batch_size = 64             # per process; the contrastive loss sees the global batch under DDP
 draws_per_pair = 1          # draws of each training pair per epoch (each a random view of each shape)

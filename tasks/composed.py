@@ -64,16 +64,33 @@ class SumLoss(torch.nn.Module):
 
 
 class CombinerLoss(torch.nn.Module):
-    """A Combiner and the stage-2 loss: forward(reference features, caption features, target features, target ids)."""
+    """A Combiner and the stage-2 loss: forward(reference features, caption features, target features, target ids,
+    group features [batch, M, D], group mask [batch, M]) -> CLIP4Cir's contrastive loss over the batch, plus
+    group_weight x the group loss when group features come: a cross-entropy of each query over its own target and
+    the other members of its group (the reference among them), at the same temperature.
 
-    def __init__(self, combiner):
+    Why the group term: in-batch negatives are other groups' shapes, which colour and category already tell apart,
+    so the batch loss alone rewards leaning on the text; the gallery's hard candidates are the reference's own
+    variants, which only the edit separates (CIRR's Rsubset task)."""
+
+    def __init__(self, combiner, group_weight=0.0):
         super().__init__()
-        self.combiner, self.loss_fn = combiner, ClipLoss()
+        self.combiner, self.loss_fn, self.group_weight = combiner, ClipLoss(), group_weight
 
-    def forward(self, reference, text, target, ids):
+    def forward(self, reference, text, target, ids, group=None, group_mask=None):
         query = self.combiner(F.normalize(reference, dim=-1), F.normalize(text, dim=-1))
         with torch.autocast(query.device.type, enabled=False):
-            return {"loss": self.loss_fn(query.float(), target.float(), LOGIT_SCALE, ids=ids)}
+            query, target = query.float(), target.float()
+            out = {"loss": self.loss_fn(query, target, LOGIT_SCALE, ids=ids)}
+            if group is not None and self.group_weight:
+                candidates = F.normalize(torch.cat([target[:, None], group.float()], 1), dim=-1)  # target first
+                logits = LOGIT_SCALE * torch.einsum("bd,bmd->bm", query, candidates)
+                keep = torch.cat([torch.ones_like(group_mask[:, :1]), group_mask], 1)
+                out["group"] = F.cross_entropy(logits.masked_fill(~keep, float("-inf")),
+                                               torch.zeros(len(query), dtype=torch.long, device=query.device))
+                out["contrastive"] = out["loss"]
+                out["loss"] = out["loss"] + self.group_weight * out["group"]
+            return out
 
 
 class _Composed(ClipTask):
@@ -172,7 +189,7 @@ class ComposedStage2(_Composed):
         if ckpt is not None:
             combiner.load_state_dict(ckpt["model"])
         self.combiner = combiner.to(dev)
-        self.module = CombinerLoss(self.combiner)
+        self.module = CombinerLoss(self.combiner, cfg["group_weight"])
         self.label = f"{cfg['combiner']} on {self.label}" + (f" from {cfg['init_from']}" if cfg["init_from"] else "")
         self.say(f"model: {self.label} (CLIP frozen); {sum(p.numel() for p in combiner.parameters()):,} parameters; "
                  f"{len(train.pairs)} train pairs over {len(train.item_ids)} items, features cached")
@@ -198,6 +215,11 @@ class ComposedStage2(_Composed):
         self.captions_of = table(f["train_caption_pair"], len(train.pairs))
         self.ref_item = torch.tensor([train.index[p.reference] for p in train.pairs])
         self.tgt_item = torch.tensor([train.index[p.target] for p in train.pairs])
+        # per pair its group's other items, the reference included ([n_pairs, M], -1 pads); none without groups
+        groups = [sorted({train.index[m] for m in (p.members or []) + [p.reference] if m in train.index}
+                         - {train.index[p.target]}) for p in train.pairs]
+        width = max(map(len, groups)) if any(p.members for p in train.pairs) else 0
+        self.group_items = torch.tensor([g + [-1] * (width - len(g)) for g in groups]).reshape(len(groups), width)
 
     def steps_per_epoch(self):
         return (len(self.ref_item) * self.cfg["draws_per_pair"]) // (self.cfg["batch_size"] * self.world)
@@ -215,11 +237,17 @@ class ComposedStage2(_Composed):
             return order[start[owners] + (torch.rand(len(owners), generator=g) * count[owners]).long()]
         ref, tgt = pick(self.views_of, self.ref_item[pairs]), pick(self.views_of, self.tgt_item[pairs])
         cap = pick(self.captions_of, pairs)
+        use_groups = cfg["group_weight"] > 0 and self.group_items.shape[1] > 0
+        if use_groups:  # a random view of every group member, drawn last: the draws above stay those of group_weight 0
+            members = self.group_items[pairs]
+            group_mask = members >= 0
+            group = pick(self.views_of, members.clamp(min=0).flatten()).reshape(members.shape)
         step = cfg["batch_size"] * self.world
         for i in range(0, len(pairs) - step + 1, step):  # the ragged last batch is dropped, as in stage 1
             sl = slice(i + self.rank * cfg["batch_size"], i + (self.rank + 1) * cfg["batch_size"])
-            yield (f["views"][ref[sl]].to(dev), f["train_captions"][cap[sl]].to(dev), f["views"][tgt[sl]].to(dev),
-                   self.tgt_item[pairs[sl]].to(dev))
+            batch = (f["views"][ref[sl]].to(dev), f["train_captions"][cap[sl]].to(dev), f["views"][tgt[sl]].to(dev),
+                     self.tgt_item[pairs[sl]].to(dev))
+            yield batch + ((f["views"][group[sl]].to(dev), group_mask[sl].to(dev)) if use_groups else ())
 
     @torch.no_grad()
     def validate(self):

@@ -73,3 +73,27 @@ def test_bad_sizes_are_named():
         build_combiner("mlp", dim=8)
     with pytest.raises(ValueError, match="not divisible by attention_heads=3"):
         build_combiner("moe_combiner", dim=8, projection_mult=1, attention_heads=3)
+
+
+def test_group_loss_is_each_querys_cross_entropy_over_its_target_and_its_group():
+    """CombinerLoss's group term against a loop over queries: softmax of 100 x cosine over [target, the query's
+    unpadded group members], the target the answer; the total adds group_weight x it to the batch loss."""
+    from models.losses import ClipLoss
+    from tasks.composed import CombinerLoss
+
+    torch.manual_seed(0)
+    combiner = build_combiner("combiner", dim=8, **SMALL).eval()
+    ref, txt, tgt = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+    group, mask = torch.randn(4, 3, 8), torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    ids = torch.arange(4)
+    out = CombinerLoss(combiner, group_weight=0.5)(ref, txt, tgt, ids, group, mask)
+    q = combiner(F.normalize(ref, dim=-1), F.normalize(txt, dim=-1))
+    expected = []
+    for b in range(4):
+        cands = F.normalize(torch.stack([tgt[b], *group[b][mask[b]]]), dim=-1)
+        expected.append(-torch.log_softmax(100 * cands @ q[b], 0)[0])
+    assert torch.allclose(out["group"], torch.stack(expected).mean(), atol=1e-5)
+    batch = ClipLoss()(q, tgt, 100.0, ids=ids)
+    assert torch.allclose(out["contrastive"], batch, atol=1e-6)
+    assert torch.allclose(out["loss"], batch + 0.5 * out["group"], atol=1e-6)
+    assert set(CombinerLoss(combiner)(ref, txt, tgt, ids, group, mask)) == {"loss"}  # weight 0: the batch loss alone

@@ -168,3 +168,38 @@ def test_a_batch_larger_than_the_training_pairs_names_the_data_and_the_flag(toy,
     """Stage 2 has no data_jsonl: the error names its data_root and what to change."""
     with pytest.raises(ValueError, match=rf"{toy}: too few training examples for one batch of 64 .* --batch_size"):
         train(tmp_path, toy, "--stage=2", f"--init_from={stage1[0]}", "--batch_size=64", "--epochs=1")
+
+
+def test_group_loss_draws_each_pairs_other_group_members(toy, stage1, tmp_path):
+    """group_weight > 0: each batch brings, per pair, a view of every member of its group but the target (the
+    reference included), padded; a run logs the group term as train/group beside train/contrastive."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from composed_dataset import load_composed
+    from tasks.composed import ComposedStage2
+    from train import configure
+
+    argv = [f"--data_root={toy}", "--clip_model=tiny", "--num_workers=0", "--stage=2", f"--init_from={stage1[0]}",
+            "--group_weight=1", "--batch_size=4", f"--cache_dir={tmp_path}/cache"]
+    cfg, _ = configure(train_composed.DEFAULTS, argv, train_composed.STAGE_PRESETS[2], kind="composed")
+    task = ComposedStage2(cfg)
+    task.setup("cpu", 0, 1)
+    pairs = json.loads((toy / "composed.train.json").read_text())
+    item_ids = load_composed("toy", toy, "train")[0].item_ids  # what view_item indexes
+    assert task.group_items.shape[1] == max(len(p["img_set"]["members"]) for p in pairs) - 1
+    group_of = {p["target_hard"]: set(p["img_set"]["members"]) for p in pairs}  # a target has one group
+    f = task.train_feats
+    item_of_view = {tuple(v.tolist()): item_ids[int(i)] for v, i in zip(f["views"], f["view_item"])}
+    n_checked = 0
+    for ref, _, tgt, _, group, mask in task.batches(0):
+        for b in range(len(ref)):
+            target = item_of_view[tuple(tgt[b].tolist())]
+            drawn = [item_of_view[tuple(g.tolist())] for g in group[b][mask[b]]]
+            assert sorted(drawn) == sorted(group_of[target] - {target})  # each other member once
+            assert item_of_view[tuple(ref[b].tolist())] in drawn
+            n_checked += 1
+    assert n_checked >= len(pairs) - 4
+    train(tmp_path, toy, "--stage=2", f"--init_from={stage1[0]}", "--group_weight=1", "--epochs=1", "--log_every=1")
+    events = EventAccumulator(str(tmp_path / "logs/run"))
+    events.Reload()
+    assert {"train/group", "train/contrastive", "train/loss"} <= set(events.Tags()["scalars"])
