@@ -34,7 +34,8 @@ n_experts = 4               # moe_combiner: expert MLPs, each hidden_mult x dim 
 attention_heads = 4         # moe_combiner: heads of the attention between the image and the text token
 dropout = 0.5               # stage 2: CLIP4Cir's Combiner dropout
 group_weight = 0.0          # stage 2: weight of the group loss (each query's target against the other members of
-                            # its group, the reference included; CIRR's img_set, the toy set's base + variants);
+                            # its group, the reference included; CIRR's img_set, the toy set's base + variants;
+                            # FashionIQ, without groups: the reference);
                             # 0 = CLIP4Cir's batch loss alone
 epochs = 30
 batch_size = 64             # per process; the contrastive loss sees the global batch under DDP

@@ -215,10 +215,11 @@ class ComposedStage2(_Composed):
         self.captions_of = table(f["train_caption_pair"], len(train.pairs))
         self.ref_item = torch.tensor([train.index[p.reference] for p in train.pairs])
         self.tgt_item = torch.tensor([train.index[p.target] for p in train.pairs])
-        # per pair its group's other items, the reference included ([n_pairs, M], -1 pads); none without groups
+        # per pair its group's other items, the reference included ([n_pairs, M], -1 pads); where a dataset has no
+        # groups (FashionIQ) the reference alone
         groups = [sorted({train.index[m] for m in (p.members or []) + [p.reference] if m in train.index}
                          - {train.index[p.target]}) for p in train.pairs]
-        width = max(map(len, groups)) if any(p.members for p in train.pairs) else 0
+        width = max(map(len, groups), default=0)
         self.group_items = torch.tensor([g + [-1] * (width - len(g)) for g in groups]).reshape(len(groups), width)
 
     def steps_per_epoch(self):
