@@ -238,7 +238,7 @@ class ComposedStage2(_Composed):
             return order[start[owners] + (torch.rand(len(owners), generator=g) * count[owners]).long()]
         ref, tgt = pick(self.views_of, self.ref_item[pairs]), pick(self.views_of, self.tgt_item[pairs])
         cap = pick(self.captions_of, pairs)
-        use_groups = cfg["group_weight"] > 0 and self.group_items.shape[1] > 0
+        use_groups = cfg["group_weight"] > 0  # every pair has a group: its reference at least
         if use_groups:  # a random view of every group member, drawn last: the draws above stay those of group_weight 0
             members = self.group_items[pairs]
             group_mask = members >= 0
