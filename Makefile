@@ -61,4 +61,4 @@ tensorboard: setup
 	.venv/bin/tensorboard --logdir logs/
 
 clean-data:
-	rm -rf data/pix3d_toy logs/demo
+	rm -rf data/pix3d_toy data/pix3d_toy_composed logs/demo

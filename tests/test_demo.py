@@ -51,7 +51,7 @@ def two_seeds(tmp_path_factory):
     common = dict(demo.COMMON, data_jsonl=str(jsonl), logs_dir=str(root / "logs"), weights_dir=str(root / "weights"),
                   cache_dir=str(root / "cache"))
     results = demo.several_seeds(2, "cpu", common=common, out=root / "demo-seeds", extra=SHORT,
-                                 captioner_argv=SHORT_CAPTIONER, meteor=False, n_resamples=50)
+                                 captioner_argv=SHORT_CAPTIONER, meteor=False, n_resamples=50, composed_jsonl=jsonl)
     return root, jsonl, results
 
 
@@ -65,6 +65,8 @@ def test_seeds_loop_trains_every_stage_per_seed_and_reports_its_numbers(two_seed
     assert set(results["runs"]["photo2shape"]) == {"stage2", "stage2_no_ce", "stage3"}
     assert set(results["runs"]["captions"]) == {"retrieval", "generative", "nearest_caption"}
     assert results["n_test_models"] == 3 and results["seeds"] == [0, 1] and results["n_resamples"] == 50
+    # composed retrieval's intervals resample the test models of its own data (here the same file)
+    assert results["n_composed_test_models"] == 3 and results["composed_data"] == str(jsonl.resolve())
     for seed in (0, 1):
         for run in ("linear", "full", "stage2", "stage2_no_ce", "stage3", "captioner"):
             config = json.loads((root / f"logs/demo-seeds-s{seed}-{run}/config.json").read_text())
@@ -110,6 +112,7 @@ def test_seeds_loop_trains_every_stage_per_seed_and_reports_its_numbers(two_seed
     md = (root / "demo-seeds/results.md").read_text()
     assert "| linear | full | text2image_R@1 |" in md and "| stage2 | stage2_no_ce | photo2shape_mAP |" in md
     assert "| combiner | stage1_sum | R@5 |" in md and "| moe_combiner | R@1 |" in md
+    assert f"On its own data ({jsonl.resolve()}): intervals resample its 3 test models." in md
     per_query = json.loads((root / "demo-seeds/seed_1/per_query.json").read_text())
     assert set(per_query["photo2shape"]) == {"stage2", "stage2_no_ce", "stage3"}
     # each composed query goes with its target, a test model: 3 pairs over the 3 test circles
@@ -124,11 +127,12 @@ def test_one_seed_demo_keeps_its_results_keys(tmp_path):
     jsonl = with_photos(tmp_path)
     common = dict(demo.COMMON, data_jsonl=str(jsonl), logs_dir=str(tmp_path / "logs"),
                   weights_dir=str(tmp_path / "weights"), cache_dir=str(tmp_path / "cache"))
-    demo.one_seed("cpu", common=common, out=tmp_path / "demo", extra=SHORT, captioner_argv=SHORT_CAPTIONER)
+    demo.one_seed("cpu", common=common, out=tmp_path / "demo", extra=SHORT, captioner_argv=SHORT_CAPTIONER,
+                  composed_jsonl=jsonl)
     s = json.loads((tmp_path / "demo/results.json").read_text())
     assert set(s) == {"random_init", "linear", "full", "captions", "captions_baselines", "captions_generative",
                       "shape_retrieval", "baselines", "model", "n_test_models", "composed"}
-    assert set(s["composed"]) == set(ROWS) | {"chance", "n_queries", "n_gallery"}
+    assert set(s["composed"]) == set(ROWS) | {"chance", "n_queries", "n_gallery", "data"}
     assert all(set(s["composed"][row]) == set(COLUMNS) for row in (*ROWS, "chance"))
     assert s["composed"]["n_queries"] == 3 and s["composed"]["n_gallery"] == 3
     # a random ranking of the 2 candidates left once the reference is out
@@ -151,7 +155,7 @@ def test_one_seed_demo_keeps_its_results_keys(tmp_path):
     assert "| random_init |" in md and "| cosine_same_model |" in md
     assert "zero_shot" not in md.replace("sum_zero_shot", "")
     assert "image_only, text_only and sum_zero_shot are the untrained model (random_init)" in md
-    assert "test split: 3 queries against 3 shapes" in md and "| moe_combiner |" in md
+    assert f"test split of {jsonl.resolve()}: 3 queries against 3 shapes" in md and "| moe_combiner |" in md
     assert "| chance | 0.500 | 1.000 |" in md
 
 

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +338,24 @@ def test_cli_summary(tmp_path):
     bad = subprocess.run([sys.executable, "scripts/make_toy_pix3d.py", "--out_dir", str(out), "--categories", "lamp"],
                          cwd=root, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "lamp" in bad.stderr
+
+
+def test_edited_share_sets_how_many_base_models_get_variants(tmp_path):
+    """--edited_share 1: every base model has one or two variants (composed retrieval's own set); 0: none; the
+    share is recorded in toy_design.json, and a share outside [0, 1] is refused."""
+    for share, lo, hi in ((1.0, 1, 2), (0.0, 0, 0)):
+        models, _ = toy.plan(0, CATEGORIES, 6, (0.6, 0.1, 0.3), 0, edited_share=share)
+        variants = Counter(base for _, _, base, _ in models if base is not None)
+        bases = [name for _, name, base, _ in models if base is None]
+        assert len(bases) == 6 * len(CATEGORIES)
+        assert all(lo <= variants.get(b, 0) <= hi for b in bases), share
+    default, _ = toy.plan(0, CATEGORIES, 6, (0.6, 0.1, 0.3), 0)
+    assert 0 < sum(base is not None for _, _, base, _ in default) < len(default) / 2  # about a third get variants
+    out = tmp_path / "all_edited"
+    toy.main(["--out_dir", str(out), "--categories", "chair", "--models_per_category", "3", "--photos_per_model", "1",
+              "--photo_size", "64", "--edited_share", "1"])
+    assert json.loads((out / "toy_design.json").read_text())["edited_share"] == 1.0
+    pairs = [p for s in ("train", "val", "test") for p in json.loads((out / f"composed.{s}.json").read_text())]
+    assert {p["img_set"]["id"] for p in pairs} == {toy.group_id("chair", f"TOY_CHAIR_{i:04d}") for i in (1, 2, 3)}
+    with pytest.raises(SystemExit):
+        toy.parse_args(["--edited_share", "1.5"])
