@@ -24,7 +24,6 @@ holds, for every run and metric, the per-seed values, their mean and sd and a 95
 models, and the paired comparisons of COMPARISONS with a verdict (metrics/bootstrap.py).
 """
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -54,8 +53,8 @@ from metrics.per_query import (caption_records, colour_category_records, compose
 from metrics.tables import SHAPE_ONLY_KEYS, results_markdown, seeds_markdown  # noqa: E402
 from models.caption_decoder import load_captioner, make_captioner  # noqa: E402
 from models.clip_wrapper import TINY, CLIPWrapper, load_checkpoint, load_clip, model_label  # noqa: E402
-from scripts import generate_jsonl, make_toy_pix3d, render_objs  # noqa: E402
-from utils import get_device, read_jsonl, write_json  # noqa: E402
+from scripts.demo_data import prepare_data, shown, step  # noqa: E402
+from utils import get_device, write_json  # noqa: E402
 
 # ----------------------------------------------------------------------------- config
 DATA = ROOT / "data/pix3d_toy"
@@ -121,11 +120,6 @@ COMPARISONS = [("text2shape", "linear", "full", TEXT2SHAPE_COMPARED),
                ("composed", "combiner", "stage1_sum", COMPOSED_COMPARED)]
 
 
-def step(title):
-    print(f"\n=== {title}", flush=True)
-    return time.time()
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description="The pipeline on the toy dataset with the tiny model.")
     ap.add_argument("--seeds", type=int, default=None,
@@ -138,62 +132,12 @@ def main(argv=None):
     device = get_device("auto")
     out = OUT if args.seeds is None else SEEDS_OUT
     out.mkdir(parents=True, exist_ok=True)
-    prepare_data(out)
+    prepare_data([(DATA, TOY_ARGS), (COMPOSED_DATA, COMPOSED_TOY_ARGS)], SPLIT_FRACTIONS, out)
     if args.seeds is None:
         one_seed(device)
     else:
         several_seeds(args.seeds, device)
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}; demo took {(time.time() - t_start) / 60:.1f} min")
-
-
-def prepare_data(out):
-    """Steps 1-3: the toy dataset and composed retrieval's toy set, their renders and usable_samples.jsonl (each
-    kept when already there), and a contact sheet of one model per category in `out`."""
-    t = step("1/10 toy Pix3D datasets")
-    for data, args in ((DATA, TOY_ARGS), (COMPOSED_DATA, COMPOSED_TOY_ARGS)):
-        if (data / "pix3d.json").exists():
-            check_toy_design(data, args)
-            print(f"kept {data} (delete it to rebuild)")
-        else:
-            make_toy_pix3d.main(["--out_dir", str(data), *args])
-    print(f"({time.time() - t:.0f}s)")
-
-    t = step("2/10 render 12 views per model")
-    for data in (DATA, COMPOSED_DATA):
-        rc = render_objs.main(["--obj_dir", str(data / "model"), "--out_dir", str(data / "renders"), "--workers", "2"])
-        if rc:
-            raise SystemExit(f"rendering failed (exit {rc}); see {data / 'renders/failures.jsonl'}")
-    print(f"({time.time() - t:.0f}s)")
-
-    t = step("3/10 usable_samples.jsonl")
-    for data in (DATA, COMPOSED_DATA):
-        generate_jsonl.main(["--json_path", str(data / "pix3d.json"), "--split_fractions", SPLIT_FRACTIONS])
-    rows = read_jsonl(DATA / "usable_samples.jsonl")
-    sheet_rows = [next(r for r in rows if r["category"] == c) for c in sorted({r["category"] for r in rows})]
-    render_objs.contact_sheet([DATA / v for r in sheet_rows for v in r["views"]], out / "renders_contact_sheet.png",
-                              ncols=12, thumb=80)
-    print(f"contact sheet: {out / 'renders_contact_sheet.png'} ({time.time() - t:.0f}s)")
-
-
-def check_toy_design(data, args):
-    """Stop when the toy set in `data` was made with another seed, other split fractions or another edited_share
-    than `args` (make_toy_pix3d's flags) ask for: its shapes, splits and pairs would not be the ones the demo
-    describes."""
-    design = data / "toy_design.json"  # older toy sets have none, nor composed pairs
-    made = json.loads(design.read_text()) if design.exists() else {}
-    if made and "edited_share" not in made:  # made before the flag existed: the default share
-        made["edited_share"] = make_toy_pix3d.P_EDITED
-    want = make_toy_pix3d.parse_args(["--out_dir", str(data), *args])
-    for key in ("seed", "split_fractions", "edited_share"):
-        if made.get(key) != getattr(want, key):
-            raise SystemExit(f"{data} was made with {key} {made.get(key)}, not {getattr(want, key)}: make clean-data "
-                             f"rebuilds it")
-
-
-def shown(path):
-    """A path as tables show it: relative to the repository when inside it."""
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def clear_run(cfg, run_name):

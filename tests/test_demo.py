@@ -16,6 +16,7 @@ from metrics.bootstrap import aggregate_seeds
 from metrics.composed import COLUMNS, ROWS
 from metrics.tables import seeds_markdown
 from scripts import demo
+from scripts.demo_data import check_toy_design
 from tests.conftest import make_synthetic_dataset
 from utils import read_jsonl, write_jsonl
 
@@ -182,3 +183,20 @@ def test_seeds_markdown_from_fake_per_seed_outputs():
 def test_seeds_flag():
     with pytest.raises(SystemExit):
         demo.main(["--seeds", "0"])
+
+
+def test_a_toy_set_made_with_other_flags_is_refused(tmp_path):
+    """The demo keeps a built toy set only when its toy_design.json records the seed, split fractions and
+    edited_share that TOY_ARGS / COMPOSED_TOY_ARGS ask for (a set made before --edited_share existed has 0.35)."""
+    design = tmp_path / "toy_design.json"
+    design.write_text(json.dumps({"seed": 1, "split_fractions": [0.6, 0.1, 0.3], "edited_share": 1.0}))
+    check_toy_design(tmp_path, demo.COMPOSED_TOY_ARGS)
+    with pytest.raises(SystemExit, match="seed 1, not 0"):
+        check_toy_design(tmp_path, demo.TOY_ARGS)
+    design.write_text(json.dumps({"seed": 0, "split_fractions": [0.6, 0.1, 0.3]}))
+    check_toy_design(tmp_path, demo.TOY_ARGS)
+    with pytest.raises(SystemExit, match="edited_share 0.35, not 1.0"):
+        check_toy_design(tmp_path, [*demo.TOY_ARGS, "--edited_share", "1"])
+    design.write_text(json.dumps({"seed": 0, "split_fractions": [0.8, 0.1, 0.1], "edited_share": 0.35}))
+    with pytest.raises(SystemExit, match="split_fractions"):
+        check_toy_design(tmp_path, demo.TOY_ARGS)

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from meshes.captions import COLOR_WORDS, measure_mesh
 from meshes.toy_design import build_model
 from meshes.toy_furniture import CATEGORIES, COUNTED
+from meshes.toy_photos import project_pix3d
 from scripts import make_toy_pix3d as toy
 
 # The fields of every entry of the real pix3d.json, in its order.
@@ -125,7 +126,7 @@ def test_voxels_when_scipy_present(dataset):
 def silhouette(verts, faces, e):
     """Reference silhouette: every projected triangle filled with PIL, at the photo's size."""
     w, h = e["img_size"]
-    uv = toy.project_pix3d(verts, e["rot_mat"], e["trans_mat"], e["focal_length"], (w, h))
+    uv = project_pix3d(verts, e["rot_mat"], e["trans_mat"], e["focal_length"], (w, h))
     canvas = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
     for f in faces:
@@ -170,7 +171,7 @@ def test_masks_match_the_annotated_camera(dataset):
         assert 1 <= len(kps) <= 8 and kps.shape[1] == 3
         # keypoints are model vertices
         assert all(np.abs(verts - k).max(1).min() < 1e-4 for k in kps)
-        kp_uv = toy.project_pix3d(kps, e["rot_mat"], e["trans_mat"], e["focal_length"], e["img_size"])
+        kp_uv = project_pix3d(kps, e["rot_mat"], e["trans_mat"], e["focal_length"], e["img_size"])
         for (u, v), ann in zip(kp_uv, e["2d_keypoints"][0]):
             if ann != [-1.0, -1.0]:
                 assert abs(u - ann[0]) < 0.02 and abs(v - ann[1]) < 0.02
