@@ -5,8 +5,8 @@ downloading the real one (3.6 GB).
         [--models_per_category 35] [--photos_per_model 2] [--photo_size 256] [--categories chair,table]
         [--edited_share 1.0]      # every base model gets edit variants: a set for composed retrieval
 
-Defaults: 315 models and 630 photos of 256 px, about 40 s of CPU on 2 cores. A previous toy dataset in
---out_dir is replaced; a folder holding anything else (e.g. the real Pix3D) is refused.
+Defaults: 449 models (288 base models and their edit variants) and 898 photos of 256 px. A previous toy dataset
+in --out_dir is replaced; a folder holding anything else (e.g. the real Pix3D) is refused.
 
 Writes, for all 9 Pix3D categories:
     model/<category>/TOY_<CATEGORY>_NNNN/model.obj, model.mtl   furniture built from boxes and cylinders
