@@ -105,15 +105,18 @@ def compare(points_a, resampled_a, points_b, resampled_b, level=LEVEL):
     return {"diff": float(diff.mean()), "ci95": ci, "verdict": verdict(ci), "per_seed": per_seed}
 
 
-def aggregate_seeds(per_seed, units, comparisons, n_resamples=N_RESAMPLES, seed=0, level=LEVEL):
+def aggregate_seeds(per_seed, units, comparisons, n_resamples=N_RESAMPLES, seed=0, level=LEVEL, family_units=None):
     """Every run's metrics over seeds, and the paired comparisons, from the seeds' records.
 
     per_seed: one {family: {run: {metric: record}}} per seed, the same runs and metrics in each (a run that does
     not train, a baseline, is the same record every seed); units: the test models; comparisons: [(family, run A,
-    run B, [metrics])], a metric missing from either run left out. One set of resamples serves every run, seed and
-    comparison. Returns {"n_seeds", "n_test_models", "n_resamples", "bootstrap_seed", "level",
-    "runs": {family: {run: {metric: summarise()}}}, "comparisons": [{"family", "a", "b", "metric", **compare()}]}."""
-    counts = resample_counts(len(units), n_resamples, seed)
+    run B, [metrics])], a metric missing from either run left out; family_units: {family: its own test models} for
+    a family measured on other data (the demo's composed retrieval), whose records are resampled over those. One
+    set of resamples per set of units serves every run, seed and comparison. Returns {"n_seeds", "n_test_models",
+    "n_resamples", "bootstrap_seed", "level", "runs": {family: {run: {metric: summarise()}}},
+    "comparisons": [{"family", "a", "b", "metric", **compare()}]}."""
+    units_of = {family: units for family in per_seed[0]} | (family_units or {})
+    counts = {family: resample_counts(len(u), n_resamples, seed) for family, u in units_of.items()}
     done, boot = {}, {}
     for family, runs in per_seed[0].items():
         for run, metrics in runs.items():
@@ -122,7 +125,7 @@ def aggregate_seeds(per_seed, units, comparisons, n_resamples=N_RESAMPLES, seed=
                 for records in per_seed:
                     record = records[family][run][metric]
                     if id(record) not in done:  # a baseline's record is one object in every seed
-                        done[id(record)] = bootstrap_record(record, units, counts)
+                        done[id(record)] = bootstrap_record(record, units_of[family], counts[family])
                     points.append(done[id(record)][0])
                     resampled.append(done[id(record)][1])
                 boot[family, run, metric] = (points, np.stack(resampled))

@@ -349,14 +349,9 @@ def several_seeds(n_seeds, device, common=COMMON, out=SEEDS_OUT, extra=None, cap
             records[family].update(runs)
         per_seed.append(records)
     t = step(f"bootstrap: {n_resamples} resamples of {len(test.model_ids)} test models")
-    composed = [{"composed": records.pop("composed")} for records in per_seed]
-    results = aggregate_seeds(per_seed, test.model_ids, [c for c in COMPARISONS if c[0] != "composed"], n_resamples,
-                              BOOTSTRAP_SEED)
     composed_test = split_dataset(composed_jsonl, "test").model_ids
-    composed = aggregate_seeds(composed, composed_test, [c for c in COMPARISONS if c[0] == "composed"], n_resamples,
-                               BOOTSTRAP_SEED)
-    results["runs"]["composed"] = composed["runs"]["composed"]
-    results["comparisons"] += composed["comparisons"]
+    results = aggregate_seeds(per_seed, test.model_ids, COMPARISONS, n_resamples, BOOTSTRAP_SEED,
+                              family_units={"composed": composed_test})
     results.update(model=model_label(CLIP_MODEL), seeds=list(range(n_seeds)), n_composed_test_models=len(composed_test),
                    composed_data=shown(composed_jsonl))
     write_json(Path(out) / "results.json", results)

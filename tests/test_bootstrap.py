@@ -214,3 +214,25 @@ def test_aggregate_seeds_on_fake_per_seed_outputs():
     counts = resample_counts(8, 200, seed=0)
     seeds = np.stack([bootstrap_record(s["text2shape"]["full"]["text2image_R@1"], units, counts)[1] for s in per_seed])
     assert full["ci95"] == interval(seeds.mean(0))
+
+
+def test_a_family_on_other_data_is_resampled_over_its_own_units():
+    """family_units: a family measured on another test split (the demo's composed retrieval) is bootstrapped over
+    that split's models, exactly as if aggregated alone; the other families keep `units`."""
+    units, other = [f"m{i}" for i in range(8)], [f"c{i}" for i in range(5)]
+    composed = {"combiner": {"R@1": {"model": other, "value": [1.0, 0.0, 1.0, 1.0, 0.0]}},
+                "image_only": {"R@1": {"model": other, "value": [0.0, 0.0, 1.0, 0.0, 0.0]}}}
+    per_seed = [dict(fake_seed(0.0, None), composed=composed)]
+    for s in per_seed:
+        del s["text2shape"]["colour_category"]
+    comparisons = [("text2shape", "linear", "full", ["text2image_R@1"]),
+                   ("composed", "combiner", "image_only", ["R@1"])]
+    r = aggregate_seeds(per_seed, units, comparisons, n_resamples=200, family_units={"composed": other})
+    alone = aggregate_seeds([{"composed": composed}], other, comparisons[1:], n_resamples=200)
+    assert r["runs"]["composed"] == alone["runs"]["composed"]
+    assert [c for c in r["comparisons"] if c["family"] == "composed"] == alone["comparisons"]
+    rest = aggregate_seeds([{k: v for k, v in s.items() if k != "composed"} for s in per_seed], units,
+                           comparisons[:1], n_resamples=200)
+    assert r["runs"]["text2shape"] == rest["runs"]["text2shape"]
+    with pytest.raises(ValueError, match="not test models"):  # without family_units: the composed models are unknown
+        aggregate_seeds(per_seed, units, comparisons, n_resamples=200)
